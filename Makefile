@@ -1,0 +1,44 @@
+# Set-up is part of every target: a venv under the repo, refreshed when pyproject.toml changes.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DF := $(VENV)/bin/denseface
+STAMP := $(VENV)/.installed
+# make build-dataset SOURCE=casia:/data/CASIA-WebFace OUT=/data/t2i-dense-face WORKERS=16
+SOURCE ?=
+OUT ?= data/sample-dataset
+WORKERS ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: venv sample build-dataset test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: on CPU machines this takes the local CPU wheel, never a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sample: venv
+	$(DF) sample
+
+build-dataset: venv
+	$(DF) build-dataset --source $(if $(SOURCE),$(SOURCE),casia:$$($(DF) sample)) --out $(OUT) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+	$(DF) shards verify $(OUT)
+
+test: venv sample
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: venv sample
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: venv sample
+	$(PY) -m pytest -q -m bench -s $(PYTEST_ARGS)
+
+clean:
+	rm -rf data/sample-dataset build dist *.egg-info

@@ -1,0 +1,1 @@
+"""Readers, planning into work units, stage list, runners (local / Ray Data) and the build."""

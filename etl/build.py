@@ -1,0 +1,187 @@
+"""A dataset build: read sources, plan units, skip finished ones, run stages, write shards.
+
+The invariant checked at the end: every planned input has exactly one manifest row, so
+inputs == accepted + rejected (+ errors), whatever happened to the images.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from denseface.annotators.base import Item
+from denseface.config import BuildConfig
+from denseface.etl.plan import Unit, make_plan
+from denseface.etl.readers import read_source
+from denseface.etl.runner import LocalRunner, RayRunner
+from denseface.etl.stages import build_fingerprint, build_stages, manifest_schema
+from denseface.shards import schema
+from denseface.shards.verify import check_unit
+from denseface.shards.writer import TMP_MARK, unit_paths, write_json, write_unit
+
+
+def new_item(key: str, unit: int, rec) -> Item:
+    item = Item(key=key, identity=rec.identity, source=rec.source, source_path=rec.source_path, unit=unit,
+                fields=dict(rec.attrs))
+    if rec.error:
+        item.fail(schema.Status.REJECTED, f"index: {rec.error}")
+    return item
+
+
+def manifest_row(item: Item, shard: str, stage_names: list[str]) -> dict[str, Any]:
+    row = {"key": item.key, "unit": item.unit, "shard": shard, "status": item.status, "reason": item.reason,
+           "identity": item.identity, "source": item.source, "source_path": item.source_path,
+           "versions": json.dumps(dict(sorted(item.versions.items())), sort_keys=True)}
+    row.update(item.fields)
+    for name in stage_names:
+        row[schema.timing_column(name)] = item.timings.get(name)
+    return row
+
+
+class ShardSink:
+    """Collects finished items per unit and writes a unit once all its inputs are in."""
+
+    def __init__(self, root: Path, units: dict[int, Unit], cfg: BuildConfig, stage_names: list[str],
+                 arrow_schema, build_fp: str) -> None:
+        self.root, self.units, self.stage_names = root, units, stage_names
+        self.arrow_schema, self.build_fp = arrow_schema, build_fp
+        self.pending: dict[int, list[Item]] = {}
+        self.written = 0
+
+    def add(self, item: Item) -> None:
+        items = self.pending.setdefault(item.unit, [])
+        items.append(item)
+        if len(items) == len(self.units[item.unit].inputs):
+            self._write(self.units[item.unit], self.pending.pop(item.unit))
+
+    def _write(self, unit: Unit, items: list[Item]) -> None:
+        shard = schema.shard_name(unit.index)
+        keep = [n for n in self.arrow_schema.names]
+        rows = [{k: v for k, v in manifest_row(it, shard, self.stage_names).items() if k in keep} for it in items]
+        samples = [(it.key, it.members) for it in items if it.ok]
+        statuses = Counter(it.status for it in items)
+        members = sorted({ext for _, m in samples for ext in m}) or list(schema.REQUIRED_MEMBERS)
+        stats = {"unit": unit.index, "fingerprint": unit.fingerprint, "build_fingerprint": self.build_fp,
+                 "n_inputs": len(items), "n_ok": statuses[schema.Status.OK],
+                 "n_rejected": statuses[schema.Status.REJECTED], "n_error": statuses[schema.Status.ERROR],
+                 "members": members,
+                 "reasons": dict(Counter(_reason_class(it.reason) for it in items if not it.ok)),
+                 "ms_total": {n: round(sum(it.timings.get(n, 0.0) for it in items), 3) for n in self.stage_names}}
+        write_unit(self.root, unit.index, samples, rows, self.arrow_schema, stats)
+        self.written += 1
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Half-written files of a killed run (one writer per output folder is assumed)."""
+    stale = [p for p in root.rglob(f"*{TMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
+    return len(stale)
+
+
+def _reason_class(reason: str) -> str:
+    """``"decode: image too small: 1x1 ..."`` -> ``"decode: image too small"``: groups for summaries."""
+    return ":".join(reason.split(":")[:2]).strip()
+
+
+@dataclass
+class BuildResult:
+    inputs: int
+    accepted: int
+    rejected: int
+    errors: int
+    units_total: int
+    units_written: int
+    units_skipped: int
+    seconds: float
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.inputs == self.accepted + self.rejected + self.errors
+
+    def line(self) -> str:
+        rate = (self.inputs / self.seconds) if self.seconds else 0.0
+        return (f"inputs={self.inputs} accepted={self.accepted} rejected={self.rejected} errors={self.errors} "
+                f"(inputs == accepted + rejected + errors: {'yes' if self.balanced else 'NO'}) | units "
+                f"written={self.units_written} skipped={self.units_skipped} of {self.units_total} | "
+                f"{self.seconds:.1f}s, {rate:.2f} inputs/s")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "denseface": metadata.version("dense-face")}
+    for pkg in ("mediapipe", "ray", "numpy", "opencv-contrib-python", "pillow", "pyarrow", "webdataset", "torch"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
+    if cfg.out is None or not cfg.sources:
+        raise ValueError("a build needs at least one --source and an --out folder")
+    started = time.perf_counter()
+    root = Path(cfg.out)
+    stages = build_stages(cfg)  # fails on missing weights before anything is read or written
+    names = [s.name for s in stages]
+    build_fp = build_fingerprint(cfg, stages)
+    records = [r for spec in cfg.sources for r in read_source(spec)]
+    units = make_plan(records, cfg.shard_size)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
+    write_json(root / "plan.json", {"n_units": len(units), "n_inputs": len(records), "shard_size": cfg.shard_size,
+                                    "build_fingerprint": build_fp, "fingerprints": [u.fingerprint for u in units]})
+    todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
+    items = [new_item(p.key, p.unit, p.record) for u in todo for p in u.inputs]
+    arrow_schema = manifest_schema(stages)
+    sink = ShardSink(root, {u.index: u for u in todo}, cfg, names, arrow_schema, build_fp)
+    if items:
+        runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
+                  else LocalRunner(stages, cfg.jpeg_quality))
+        with tqdm(total=len(items), desc="build-dataset", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for item in runner.run(items):
+                sink.add(item)
+                bar.update(1)
+    if sink.pending:
+        raise RuntimeError(f"units {sorted(sink.pending)} did not receive all their inputs")
+    result = _summarise(root, units, sink.written, len(units) - len(todo), time.perf_counter() - started)
+    write_json(root / "run_summary.json", {
+        **asdict(result), "balanced": result.balanced, "finished": datetime.now(timezone.utc).isoformat(),
+        "config": cfg.model_dump(mode="json"), "stages": [f"{s.name}:{s.backend}@{s.version}" for s in stages],
+        "versions": _versions(), "ms_per_image": _ms_per_image(root, units, names)})
+    return result
+
+
+def _unit_stats(root: Path, units: list[Unit]) -> list[dict[str, Any]]:
+    return [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
+
+
+def _summarise(root: Path, units: list[Unit], written: int, skipped: int, seconds: float) -> BuildResult:
+    stats = _unit_stats(root, units)
+    reasons: Counter[str] = Counter()
+    for s in stats:
+        reasons.update(s["reasons"])
+    return BuildResult(inputs=sum(s["n_inputs"] for s in stats), accepted=sum(s["n_ok"] for s in stats),
+                       rejected=sum(s["n_rejected"] for s in stats), errors=sum(s["n_error"] for s in stats),
+                       units_total=len(units), units_written=written, units_skipped=skipped,
+                       seconds=seconds, reasons=dict(sorted(reasons.items())))
+
+
+def _ms_per_image(root: Path, units: list[Unit], names: list[str]) -> dict[str, float]:
+    """Mean stage time over the inputs that reached the stage (from the unit stats)."""
+    stats = _unit_stats(root, units)
+    total = {n: sum(s["ms_total"].get(n, 0.0) for s in stats) for n in names}
+    accepted = max(1, sum(s["n_ok"] for s in stats))
+    return {n: round(total[n] / accepted, 3) for n in names}

@@ -1,0 +1,70 @@
+"""The stage list. Adding a stage = one module in ``annotators/`` + one line here."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+from denseface.annotators.base import Stage
+from denseface.annotators.decode import Decode
+from denseface.annotators.detect_align import DetectAlign
+from denseface.annotators.landmarks import Landmarks
+from denseface.config import BuildConfig
+from denseface.shards import schema
+
+STAGES: tuple[type[Stage], ...] = (
+    Decode,
+    DetectAlign,
+    Landmarks,
+)
+
+
+def build_stages(cfg: BuildConfig) -> list[Stage]:
+    unknown = set(cfg.stages) - {s.name for s in STAGES}
+    if unknown:
+        raise ValueError(f"config names unknown stages {sorted(unknown)}; stages are {[s.name for s in STAGES]}")
+    stages = [cls(cfg) for cls in STAGES]
+    for stage in stages:
+        stage.check()  # missing weights etc. fail here, before any work starts
+    return stages
+
+
+def stage_groups(stages: list[Stage]) -> list[list[Stage]]:
+    """Consecutive stages with the same resources run together in one worker, so no
+    pixels cross a process boundary between them."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if groups and _sig(groups[-1][-1]) == _sig(stage):
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _sig(stage: Stage) -> tuple:
+    c = stage.conf
+    return (c.num_cpus, c.num_gpus, c.batch_size, c.concurrency)
+
+
+def _arrow_type(alias: str) -> pa.DataType:
+    if alias.startswith("list<") and alias.endswith(">"):
+        return pa.list_(_arrow_type(alias[5:-1]))
+    return pa.type_for_alias(alias)
+
+
+def manifest_schema(stages: list[Stage]) -> pa.Schema:
+    fields = {name: _arrow_type(alias) for s in stages for name, alias in s.manifest_fields.items()}
+    return schema.manifest_schema(fields, [s.name for s in stages])
+
+
+def build_fingerprint(cfg: BuildConfig, stages: list[Stage]) -> str:
+    """What decides the bytes of a unit's outputs; a unit written under another
+    fingerprint is redone on resume rather than mixed into the dataset."""
+    decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner"})
+    for name, conf in decisive.get("stages", {}).items():
+        for k in ("num_cpus", "num_gpus", "batch_size", "concurrency"):
+            conf.pop(k, None)
+    decisive["stage_versions"] = [f"{s.name}:{s.backend}@{s.version}" for s in stages]
+    decisive["schema_version"] = schema.SCHEMA_VERSION
+    return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,109 @@
+"""Check a dataset: every unit's tar, manifest and stats agree, nothing half-written.
+
+Used by ``denseface shards verify`` and by resume (a unit is skipped only if it verifies).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from denseface.shards.schema import REQUIRED_MEMBERS, Status, is_safe_key
+from denseface.shards.writer import TMP_MARK, unit_paths
+
+
+def tar_members(path: Path) -> dict[str, set[str]]:
+    """key -> member extensions; raises on a truncated or unsafe tar."""
+    members: dict[str, set[str]] = defaultdict(set)
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            key, dot, ext = info.name.partition(".")
+            if not info.isfile() or not dot or not is_safe_key(key):
+                raise ValueError(f"unexpected tar member {info.name!r}")
+            members[key].add(ext)
+    return members
+
+
+def check_unit(root: Path, unit: int, fingerprint: str | None = None, build_fp: str | None = None) -> list[str]:
+    """Problems of one unit (empty = complete and consistent)."""
+    paths = unit_paths(root, unit)
+    if not paths["stats"].exists():
+        return ["not written (no stats file)"]
+    try:
+        stats = json.loads(paths["stats"].read_text())
+    except (OSError, ValueError) as exc:
+        return [f"stats unreadable: {exc}"]
+    problems: list[str] = []
+    if fingerprint is not None and stats.get("fingerprint") != fingerprint:
+        problems.append("inputs differ from the plan (fingerprint mismatch)")
+    if build_fp is not None and stats.get("build_fingerprint") != build_fp:
+        problems.append("written under another configuration (build fingerprint mismatch)")
+    for what in ("tar", "manifest"):
+        if not paths[what].exists():
+            problems.append(f"{what} missing: {paths[what].name}")
+    if problems:
+        return problems
+    if paths["tar"].stat().st_size != stats.get("tar_bytes"):
+        problems.append(f"tar size {paths['tar'].stat().st_size} != recorded {stats.get('tar_bytes')} (truncated?)")
+    try:
+        members = tar_members(paths["tar"])
+    except (tarfile.TarError, ValueError, OSError) as exc:
+        return problems + [f"tar unreadable: {exc}"]
+    try:
+        table = pq.read_table(paths["manifest"], columns=["key", "status"])
+    except Exception as exc:  # noqa: BLE001 - any parquet failure is a broken manifest
+        return problems + [f"manifest unreadable: {exc}"]
+    keys, statuses = table.column("key").to_pylist(), table.column("status").to_pylist()
+    if len(keys) != stats.get("n_inputs"):
+        problems.append(f"manifest has {len(keys)} rows, stats say {stats.get('n_inputs')} inputs")
+    if len(set(keys)) != len(keys):
+        problems.append("duplicate keys in manifest")
+    if bad := set(statuses) - set(Status.ALL):
+        problems.append(f"unknown statuses {sorted(bad)}")
+    ok_keys = {k for k, s in zip(keys, statuses) if s == Status.OK}
+    if ok_keys != set(members):
+        problems.append(f"tar keys != manifest ok keys ({len(members)} vs {len(ok_keys)})")
+    expected = set(stats.get("members", REQUIRED_MEMBERS))
+    incomplete = [k for k, exts in members.items() if not expected <= exts]
+    if incomplete:
+        problems.append(f"{len(incomplete)} samples miss members, e.g. {incomplete[0]}")
+    return problems
+
+
+@dataclass
+class VerifyReport:
+    units: int = 0
+    inputs: int = 0
+    accepted: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)  # file/unit -> problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_dataset(root: Path) -> VerifyReport:
+    """All units named by stats files or tars, plus stray temporary files."""
+    report = VerifyReport()
+    for tmp in sorted(p for p in root.rglob(f"*{TMP_MARK}*") if p.is_file()):
+        report.problems[str(tmp.relative_to(root))] = ["stale temporary file (interrupted write)"]
+    names = {p.stem for p in root.glob("shard-*.tar")} | {p.stem for p in (root / "stats").glob("shard-*.json")}
+    plan = json.loads((root / "plan.json").read_text()) if (root / "plan.json").exists() else None
+    if plan:
+        names |= {f"shard-{i:06d}" for i in range(plan["n_units"])}
+    for name in sorted(names):
+        unit = int(name.split("-")[1])
+        fp = plan["fingerprints"][unit] if plan and unit < plan["n_units"] else None
+        problems = check_unit(root, unit, fingerprint=fp, build_fp=plan.get("build_fingerprint") if plan else None)
+        report.units += 1
+        if problems:
+            report.problems[name] = problems
+            continue
+        stats = json.loads(unit_paths(root, unit)["stats"].read_text())
+        report.inputs += stats["n_inputs"]
+        report.accepted += stats["n_ok"]
+    return report

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real sample photos (from PyPI packages) and a corpus of bad inputs
+generated here, never downloaded."""
+from __future__ import annotations
+
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from denseface.etl.sample_data import ensure_sample, sample_photo
+
+
+@pytest.fixture(scope="session")
+def sample_casia() -> Path:
+    return ensure_sample()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but carries almost no data: a bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+# file name -> (expected status, expected words in the reason)
+BAD_EXPECTED = {
+    "zero_bytes.jpg": ("rejected", "empty file"),
+    "truncated.jpg": ("rejected", "decode error"),
+    "text.jpg": ("rejected", "not an image"),
+    "one_pixel.png": ("rejected", "too small"),
+    "bomb.png": ("rejected", "decompression-bomb"),
+    "noise.png": ("rejected", "no face"),
+    "two_faces.jpg": ("rejected", "multiple faces"),
+    "sixteen_bit.png": ("ok", ""),
+    "cmyk.jpg": ("ok", ""),
+    "grayscale.jpg": ("ok", ""),
+}
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(tmp_path_factory, sample_casia) -> Path:
+    """A CASIA-style tree ``bad/<file>`` holding one of each kind of awkward input."""
+    root = tmp_path_factory.mktemp("bad_corpus")
+    d = root / "bad"
+    d.mkdir()
+    obama = sample_photo("obama")
+    (d / "zero_bytes.jpg").write_bytes(b"")
+    data = obama.read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "text.jpg").write_text("this is not an image\n")
+    Image.new("RGB", (1, 1), (128, 128, 128)).save(d / "one_pixel.png")
+    (d / "bomb.png").write_bytes(png_header_only(20000, 20000))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(d / "noise.png")
+    face = Image.open(obama).convert("RGB")
+    gray16 = (np.asarray(face.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(gray16).save(d / "sixteen_bit.png")
+    assert Image.open(d / "sixteen_bit.png").mode.startswith("I")
+    face.convert("CMYK").save(d / "cmyk.jpg")
+    Image.open(sample_photo("biden")).convert("L").save(d / "grayscale.jpg")
+    a = Image.open(sample_photo("obama2")).convert("RGB").resize((313, 600))
+    b = Image.open(sample_photo("biden")).convert("RGB").resize((313, 600))
+    pair = Image.new("RGB", (626, 600))
+    pair.paste(a, (0, 0))
+    pair.paste(b, (313, 0))
+    pair.save(d / "two_faces.jpg")
+    assert sorted(p.name for p in d.iterdir()) == sorted(BAD_EXPECTED)
+    return root
+
+
+@pytest.fixture()
+def sample_copy(tmp_path, sample_casia) -> Path:
+    dst = tmp_path / "casia"
+    shutil.copytree(sample_casia, dst)
+    return dst

@@ -1,0 +1,1 @@
+"""Trainer: streaming WebDataset pipeline, losses, loop, checkpoints."""
