@@ -1,0 +1,213 @@
+"""Dense-Face (paper §3): frozen SD UNet + pose branch + identity token + PC-adapters + dense heads.
+
+Two modes switchable per call: "G1" = text-editing mode, exactly the plain SD UNet (branch, adapters,
+identity token and heads off); "G2" = face-generation mode (all on). Only the new modules train;
+only they are saved (safetensors + a json config), so a checkpoint is small and SD stays shared.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .dense_heads import DenseHeads
+from .identity import IdentityMLP, word_embedding
+from .pc_adapter import PCAdapter, install_pc_adapter
+from .pose_branch import PoseBranch
+from .tiny_sd import SDComponents
+
+Mode = Literal["G1", "G2"]
+WEIGHTS_NAME = "dense_face.safetensors"
+CONFIG_NAME = "dense_face.json"
+TRAINABLE = ("pose_branch", "identity", "pc_adapter", "dense_heads")
+
+
+@dataclass
+class DenseFaceConfig:
+    """Sizes of the new modules; saved next to the weights so a checkpoint rebuilds itself."""
+
+    id_dim: int = 512  # 512 ArcFace, 128 dlib
+    id_hidden: int = 1024
+    id_scale: float = 1e-2  # lambda in Eq. 4
+    face_word: str = "face"
+    zero_conv: bool = False  # paper: off
+    pose_embed_channels: tuple[int, ...] = (16, 32, 96, 256)  # 4 entries -> pose image 8x latent
+    head_blocks: tuple[int, ...] | None = None  # UNet up blocks feeding the heads; None = all
+    head_hidden: int = 128
+    head_out_size: int | None = None  # None = largest up-block size = latent size
+    n_landmarks: int = 478
+    n_mask_classes: int = 10
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. identity backend)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DenseFaceConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("pose_embed_channels", "head_blocks"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def freeze(*modules: nn.Module | None) -> None:
+    """requires_grad False and eval mode for frozen SD parts."""
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+
+
+class DenseFace(nn.Module):
+    """forward(noisy_latents, t, text_emb, id_emb, pose_image, mode) -> (eps, dense | None).
+
+    The UNet is used in place: its cross-attention processors are wrapped (G1 calls the originals)
+    and hooks on its up blocks feed the heads. text_encoder / vae are optional passengers (frozen).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        face_embedding: torch.Tensor,
+        config: DenseFaceConfig | None = None,
+        text_encoder: nn.Module | None = None,
+        vae: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config = config or DenseFaceConfig()
+        self.unet, self.text_encoder, self.vae = unet, text_encoder, vae
+        self.freeze()
+        self.pose_branch = PoseBranch(unet, zero_conv=config.zero_conv, pose_embed_channels=config.pose_embed_channels)
+        self.identity = IdentityMLP(face_embedding, id_dim=config.id_dim, hidden_dim=config.id_hidden, scale=config.id_scale)
+        self.pc_adapter: PCAdapter = install_pc_adapter(unet)
+        self.dense_heads = DenseHeads.for_unet(
+            unet, config.head_blocks, n_landmarks=config.n_landmarks, n_mask_classes=config.n_mask_classes,
+            hidden=config.head_hidden, out_size=config.head_out_size,
+        )
+        device = next(unet.parameters()).device
+        for name in TRAINABLE:
+            getattr(self, name).to(device)
+        self.set_mode("G1")
+
+    @classmethod
+    def from_sd(cls, sd: SDComponents, config: DenseFaceConfig | None = None) -> "DenseFace":
+        """Build on loaded SD components; e("face") comes from the frozen text encoder."""
+        config = config or DenseFaceConfig()
+        face = word_embedding(sd.text_encoder, sd.tokenizer, config.face_word)
+        return cls(sd.unet, face, config, text_encoder=sd.text_encoder, vae=sd.vae)
+
+    # ---- freezing and trainable parts -------------------------------------------------------
+    def freeze(self) -> None:
+        """Freeze SD (unet, text encoder, vae): no grads, eval mode."""
+        freeze(self.unet, self.text_encoder, self.vae)
+
+    def train(self, mode: bool = True) -> "DenseFace":
+        super().train(mode)
+        freeze(self.unet, self.text_encoder, self.vae)  # SD stays in eval mode
+        return self
+
+    def trainable_modules(self) -> nn.ModuleDict:
+        """The new modules, keyed as in the saved checkpoint."""
+        return nn.ModuleDict({name: getattr(self, name) for name in TRAINABLE})
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.trainable_modules().parameters() if p.requires_grad]
+
+    # ---- modes ------------------------------------------------------------------------------
+    @property
+    def mode(self) -> Mode:
+        """Mode of the bare UNet's cross-attention outside forward (G1 unless set_mode("G2"))."""
+        return "G2" if self.pc_adapter.enabled else "G1"
+
+    def set_mode(self, mode: Mode) -> None:
+        """Switch the bare UNet's cross-attention between plain SD (G1) and PC-adapted (G2).
+
+        forward() sets the mode it is asked for and restores this one afterwards.
+        """
+        if mode not in ("G1", "G2"):
+            raise ValueError(f"mode must be 'G1' or 'G2', got {mode!r}")
+        self.pc_adapter.set_enabled(mode == "G2")
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor | int,
+        text_emb: torch.Tensor,
+        id_emb: torch.Tensor | None = None,
+        pose_image: torch.Tensor | None = None,
+        mode: Mode = "G2",
+        return_dense: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """noisy_latents (B,4,h,w), text_emb (B,n,k), id_emb (B,id_dim), pose_image (B,3,8h,8w) in [0,1].
+
+        Returns eps (B,4,h,w) and, in G2, dense = {"landmarks": (B,478,H,W), "mask": (B,10,H,W) logits,
+        "depth": (B,1,H,W)} with H = W = head_out_size or h.
+        """
+        if mode not in ("G1", "G2"):
+            raise ValueError(f"mode must be 'G1' or 'G2', got {mode!r}")
+        if mode == "G2" and (id_emb is None or pose_image is None):
+            raise ValueError("mode G2 needs id_emb and pose_image")
+        previous = self.mode
+        try:  # the mode holds for this call only; the bare UNet keeps whatever set_mode chose
+            self.set_mode(mode)
+            if mode == "G1":
+                return self.unet(noisy_latents, timesteps, encoder_hidden_states=text_emb).sample, None
+            context = self.identity.append_to(text_emb, id_emb)
+            down, mid = self.pose_branch(noisy_latents, timesteps, context, pose_image)
+            dtype = self.unet.dtype
+            self.dense_heads.capturing = return_dense
+            eps = self.unet(
+                noisy_latents,
+                timesteps,
+                encoder_hidden_states=context,
+                down_block_additional_residuals=[r.to(dtype) for r in down],
+                mid_block_additional_residual=mid.to(dtype),
+            ).sample
+        finally:
+            self.dense_heads.capturing = False
+            self.set_mode(previous)
+        return eps, (self.dense_heads() if return_dense else None)
+
+    # ---- checkpoints of the trained modules only ---------------------------------------------
+    def save_trained(self, directory: str | Path, metadata: dict | None = None) -> Path:
+        """Write dense_face.safetensors (new modules only) and dense_face.json (config)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.trainable_modules().state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        info = {
+            "config": asdict(self.config),
+            "unet": {k: self.unet.config[k] for k in ("block_out_channels", "cross_attention_dim", "sample_size")},
+            "metadata": metadata or {},
+        }
+        (directory / CONFIG_NAME).write_text(json.dumps(info, indent=2, default=list))
+        return directory
+
+    @staticmethod
+    def read_config(directory: str | Path) -> DenseFaceConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"Dense-Face checkpoint config not found: {path} (written by DenseFace.save_trained)")
+        return DenseFaceConfig.from_dict(json.loads(path.read_text())["config"])
+
+    def load_trained(self, directory: str | Path, strict: bool = True) -> None:
+        """Load weights written by save_trained into the new modules (SD untouched)."""
+        path = Path(directory) / WEIGHTS_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"Dense-Face weights not found: {path} (written by DenseFace.save_trained)")
+        saved = self.read_config(directory)
+        if asdict(saved) != asdict(self.config):
+            raise ValueError(f"checkpoint config {saved} differs from this model's {self.config}; use DenseFace.from_trained")
+        self.trainable_modules().load_state_dict(load_file(str(path), device=str(self.unet.device)), strict=strict)
+
+    @classmethod
+    def from_trained(cls, sd: SDComponents, directory: str | Path) -> "DenseFace":
+        """Rebuild from SD components plus a save_trained folder."""
+        model = cls.from_sd(sd, cls.read_config(directory))
+        model.load_trained(directory)
+        return model

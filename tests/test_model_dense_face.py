@@ -1,0 +1,145 @@
+"""DenseFace: G1 == plain UNet exactly, G2 trains only the new modules, checkpoints round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from denseface.model.dense_face import DenseFace, DenseFaceConfig
+from denseface.model.tiny_sd import build_tiny_sd, encode_prompt
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CFG = DenseFaceConfig(id_dim=128, id_hidden=64, head_hidden=16, pose_embed_channels=(8, 16, 16, 32))
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        noisy_latents=torch.randn(2, 4, 8, 8, generator=g),
+        timesteps=torch.tensor([20, 800]),
+        id_emb=torch.randn(2, 128, generator=g),
+        pose_image=torch.rand(2, 3, 64, 64, generator=g),
+    )
+
+
+def _model(seed: int = 0):
+    sd = build_tiny_sd(seed)
+    text = encode_prompt(sd, ["a photo of a face", "portrait of a smiling woman"])
+    sd.unet.requires_grad_(False)  # the plain reference is frozen SD too
+    return sd, text
+
+
+def _train(model: DenseFace, text: torch.Tensor, steps: int = 3) -> None:
+    b = _batch()
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    for _ in range(steps):
+        eps, dense = model(text_emb=text, mode="G2", **b)
+        loss = eps.pow(2).mean() + sum(v.pow(2).mean() for v in dense.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def test_g1_is_plain_unet_exactly():
+    sd, text = _model()
+    b = _batch()
+    plain = sd.unet(b["noisy_latents"], b["timesteps"], encoder_hidden_states=text).sample
+    model = DenseFace.from_sd(sd, CFG)
+    eps, dense = model(text_emb=text, mode="G1", **b)
+    assert dense is None and torch.equal(eps, plain)
+    eps2, dense2 = model(text_emb=text, mode="G2", **b)
+    assert dense2 is not None and not torch.equal(eps2, plain)
+    assert torch.equal(model(text_emb=text, mode="G1", **b)[0], plain)
+    assert model.mode == "G1"
+
+
+def test_g2_grads_only_on_new_modules_and_output_moves():
+    sd, text = _model()
+    b = _batch()
+    model = DenseFace.from_sd(sd, CFG)
+    frozen = [*model.unet.parameters(), *model.text_encoder.parameters(), *model.vae.parameters()]
+    assert not any(p.requires_grad for p in frozen)
+    trainable = model.trainable_parameters()
+    n_new = sum(1 for _ in model.trainable_modules().parameters())
+    assert len(trainable) == n_new > 0
+    assert {id(p) for p in trainable}.isdisjoint({id(p) for p in frozen})
+
+    eps, dense = model(text_emb=text, mode="G2", **b)
+    assert dense["landmarks"].shape == (2, 478, 8, 8)
+    assert dense["mask"].shape == (2, 10, 8, 8) and dense["depth"].shape == (2, 1, 8, 8)
+    (eps.pow(2).mean() + sum(v.pow(2).mean() for v in dense.values())).backward()
+    missing = [n for n, p in model.trainable_modules().named_parameters() if p.grad is None]
+    assert missing == []
+    assert all(p.grad is None for p in frozen)
+    adapter_grads = [p.grad.abs().sum() for p in model.pc_adapter.parameters()]
+    assert all(float(gr) > 0 for gr in adapter_grads)
+
+    with torch.no_grad():
+        before = model(text_emb=text, mode="G2", **b)[0]
+    _train(model, text)
+    with torch.no_grad():
+        after = model(text_emb=text, mode="G2", **b)[0]
+        plain = sd.unet(b["noisy_latents"], b["timesteps"], encoder_hidden_states=text).sample
+    assert (after - before).abs().max() > 1e-5
+    assert (after - plain).abs().max() > 1e-4
+    assert torch.equal(model(text_emb=text, mode="G1", **b)[0], plain)
+
+
+def test_train_mode_keeps_sd_in_eval():
+    sd, _ = _model()
+    model = DenseFace.from_sd(sd, CFG).train()
+    assert model.pose_branch.training and not model.unet.training and not model.vae.training
+
+
+def test_save_load_trained_round_trip(tmp_path):
+    sd, text = _model()
+    model = DenseFace.from_sd(sd, CFG)
+    _train(model, text, steps=2)
+    model.save_trained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"dense_face.safetensors", "dense_face.json"}
+
+    sd2, _ = _model()
+    torch.manual_seed(123)  # fresh heads / MLP init differ from the trained ones
+    fresh = DenseFace.from_trained(sd2, tmp_path / "ckpt")
+    a, b2 = model.trainable_modules().state_dict(), fresh.trainable_modules().state_dict()
+    assert a.keys() == b2.keys() and all(torch.equal(a[k], b2[k]) for k in a)
+    assert not any(k.startswith("unet.") for k in a)
+    b = _batch()
+    with torch.no_grad():
+        e1, d1 = model(text_emb=text, mode="G2", **b)
+        e2, d2 = fresh(text_emb=text, mode="G2", **b)
+    assert torch.equal(e1, e2) and all(torch.equal(d1[k], d2[k]) for k in d1)
+
+    other = DenseFace.from_sd(build_tiny_sd(), DenseFaceConfig(id_dim=512))
+    with pytest.raises(ValueError, match="config"):
+        other.load_trained(tmp_path / "ckpt")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        fresh.load_trained(tmp_path / "nowhere")
+
+
+@torch.no_grad()
+def test_g1_matches_plain_pipeline(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from denseface.model.tiny_sd import save_tiny_sd
+
+    save_tiny_sd(tmp_path / "sd")
+    kw = dict(num_inference_steps=3, output_type="np")
+    plain = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", safety_checker=None)
+    plain.unet.requires_grad_(False)
+    ref = plain("a face", generator=torch.Generator().manual_seed(0), **kw).images
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "sd", safety_checker=None)
+    model = DenseFace(pipe.unet, torch.zeros(32), CFG, text_encoder=pipe.text_encoder, vae=pipe.vae)
+    model.set_mode("G1")
+    got = pipe("a face", generator=torch.Generator().manual_seed(0), **kw).images
+    assert (got == ref).all()
