@@ -7,16 +7,28 @@ import json
 import pyarrow as pa
 
 from denseface.annotators.base import Stage
+from denseface.annotators.captions import Captions
 from denseface.annotators.decode import Decode
+from denseface.annotators.depth import Depth
 from denseface.annotators.detect_align import DetectAlign
+from denseface.annotators.head_pose import HeadPose
+from denseface.annotators.identity import Identity
 from denseface.annotators.landmarks import Landmarks
+from denseface.annotators.pseudo_mask import PseudoMask
+from denseface.annotators.restore import Restore
 from denseface.config import BuildConfig
 from denseface.shards import schema
 
 STAGES: tuple[type[Stage], ...] = (
     Decode,
     DetectAlign,
+    Restore,
     Landmarks,
+    Depth,
+    PseudoMask,
+    HeadPose,
+    Identity,
+    Captions,
 )
 
 

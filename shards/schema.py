@@ -28,7 +28,7 @@ class Status:
 
 # Tar member extensions, per key.
 JPG, JSON, LMK, DEPTH, MASK, ID, LATENT = "jpg", "json", "lmk.npy", "depth.png", "mask.png", "id.npy", "latent.npy"
-REQUIRED_MEMBERS = (JPG, JSON, LMK)  # what the engine always writes for an accepted image
+REQUIRED_MEMBERS = (JPG, JSON, LMK, DEPTH, MASK, ID)  # what every accepted image has
 NUM_LANDMARKS = 478
 # Array name on the in-flight item -> tar member holding it.
 ARRAY_MEMBERS = {"lmk": LMK, "depth": DEPTH, "mask": MASK, "id": ID, "latent": LATENT}
@@ -69,6 +69,8 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 def encode_depth(depth: np.ndarray) -> bytes:
     """float depth in [0,1] (0 = background) -> 16-bit PNG."""
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be 2-D, got {depth.shape}")
     q = np.round(np.clip(depth, 0.0, 1.0) * 65535.0).astype(np.uint16)
     ok, buf = cv2.imencode(".png", q)
     if not ok:
@@ -78,8 +80,8 @@ def encode_depth(depth: np.ndarray) -> bytes:
 
 def decode_depth(data: bytes) -> np.ndarray:
     q = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if q is None or q.dtype != np.uint16:
-        raise ValueError("depth member is not a 16-bit PNG")
+    if q is None or q.dtype != np.uint16 or q.ndim != 2:
+        raise ValueError("depth member is not a 16-bit single-channel PNG")
     return q.astype(np.float32) / 65535.0
 
 

@@ -1,0 +1,134 @@
+"""Head pose (yaw, pitch, roll in degrees) from the landmarks: the offline default backend.
+
+The paper estimates pose with Hopenet (`denseface.model.hopenet.HopenetPose`, the "real"
+backend, which needs its weights); this one needs nothing beyond the landmarks: a PnP fit
+(`cv2.solvePnP`) of the 468 mesh points to `mesh_topology.CANONICAL_FACE`, with a pinhole
+camera of focal length = image width and the principal point at the image centre.
+
+Sign convention (shared by both backends and stored in the sample json), that of Hopenet
+on 300W-LP as drawn by deep-head-pose's ``utils.draw_axis``:
+
+* yaw > 0: the face turns towards the IMAGE's left (the subject turns to their right);
+* pitch > 0: the face looks up;
+* roll > 0: the head is rotated clockwise as seen in the image (its top moves towards the
+  image's right);
+
+and all three are 0 for a face looking straight into the camera (zero pitch: the face-oval
+plane of `CANONICAL_FACE` faces the camera). Mirroring an image negates yaw and roll and
+keeps pitch.
+
+As a matrix: the head-to-camera rotation, in OpenCV camera axes (x right, y down, z away
+from the camera) and the canonical face's axes (x to the subject's left, y down, z to the
+back of the head), is ``R = Rx(-pitch) @ Ry(yaw) @ Rz(roll)``: the same composition order
+as 300W-LP's (pitch, yaw, roll) with the signs above. `matrix_from_euler` and
+`euler_from_matrix` convert; the latter has yaw in [-90, 90].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from denseface.annotators.base import Item, Stage
+from denseface.annotators.mesh_topology import CANONICAL_FACE, N_MESH, as_landmarks
+
+
+def _rx(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _ry(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _rz(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def matrix_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Head-to-camera rotation for angles in degrees (module docstring convention)."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    return _rx(-p) @ _ry(y) @ _rz(r)
+
+
+def euler_from_matrix(rot: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a head-to-camera rotation; inverse of `matrix_from_euler`."""
+    m = np.asarray(rot, np.float64)
+    yaw = np.arcsin(np.clip(m[0, 2], -1.0, 1.0))
+    pitch = -np.arctan2(-m[1, 2], m[2, 2])
+    roll = np.arctan2(-m[0, 1], m[0, 0])
+    return float(np.degrees(yaw)), float(np.degrees(pitch)), float(np.degrees(roll))
+
+
+def camera_matrix(image_size: int = 512) -> np.ndarray:
+    """Pinhole intrinsics assumed for the aligned crop: focal = width, centred principal point."""
+    f = float(image_size)
+    return np.array([[f, 0.0, f / 2], [0.0, f, f / 2], [0.0, 0.0, 1.0]])
+
+
+def pose_from_landmarks(landmarks: np.ndarray, image_size: int = 512) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of the face whose mediapipe landmarks are given.
+
+    ``landmarks``: (478, 3), x and y in [0, 1] of the ``image_size`` crop (z is not used: the
+    depth comes from the canonical face). SQPnP gives the global optimum, which
+    Levenberg-Marquardt then refines on the reprojection error.
+    """
+    lm = as_landmarks(landmarks)
+    image_pts = np.ascontiguousarray(lm[:N_MESH, :2], np.float64) * image_size
+    object_pts = np.ascontiguousarray(CANONICAL_FACE, np.float64)
+    k, dist = camera_matrix(image_size), np.zeros(4)
+    ok, rvec, tvec = cv2.solvePnP(object_pts, image_pts, k, dist, flags=cv2.SOLVEPNP_SQPNP)
+    if not ok:
+        raise RuntimeError("solvePnP found no head pose")
+    rvec, tvec = cv2.solvePnPRefineLM(object_pts, image_pts, k, dist, rvec, tvec)
+    return euler_from_matrix(cv2.Rodrigues(rvec)[0])
+
+
+class HeadPose(Stage):
+    """Backends: ``pnp`` (default, offline) and ``hopenet`` (weights: the published
+    ``hopenet_robust_alpha1.pkl``). The PnP angles are always kept too (``*_pnp``), so
+    the two backends can be compared wherever Hopenet ran."""
+
+    name = "head_pose"
+    version = "1"
+    manifest_fields = {"yaw": "float32", "pitch": "float32", "roll": "float32", "pose_backend": "string",
+                       "yaw_pnp": "float32", "pitch_pnp": "float32", "roll_pnp": "float32"}
+    BACKENDS = ("pnp", "hopenet")
+
+    def __init__(self, build, conf=None) -> None:
+        super().__init__(build, conf)
+        self.backend = "pnp" if self.conf.backend == "default" else self.conf.backend
+
+    def check(self) -> None:
+        if self.backend not in self.BACKENDS:
+            raise ValueError(f"head_pose backend must be one of {self.BACKENDS}, got {self.backend!r}")
+        if self.backend == "hopenet":
+            from denseface.model.hopenet import WEIGHTS_HELP
+
+            where = self.conf.weights or "(stages.head_pose.weights is unset)"
+            if not self.conf.weights or not Path(self.conf.weights).expanduser().is_file():
+                raise FileNotFoundError(f"head_pose backend hopenet needs weights: {where} not found. {WEIGHTS_HELP}")
+
+    def setup(self) -> None:
+        self._hopenet = None
+        if self.backend == "hopenet":
+            import torch
+
+            from denseface.model.hopenet import HopenetPose
+
+            cuda = self.conf.num_gpus > 0 and torch.cuda.is_available()
+            self._hopenet = HopenetPose(self.conf.weights, "cuda" if cuda else "cpu")
+
+    def process_batch(self, items: list[Item]) -> None:
+        for item in items:
+            yaw, pitch, roll = pose_from_landmarks(item.arrays["lmk"], self.build.crop_size)
+            item.fields.update(yaw_pnp=round(yaw, 3), pitch_pnp=round(pitch, 3), roll_pnp=round(roll, 3),
+                               yaw=round(yaw, 3), pitch=round(pitch, 3), roll=round(roll, 3), pose_backend="pnp")
+        if self._hopenet is not None:
+            for item, (yaw, pitch, roll) in zip(items, self._hopenet.predict_batch([it.image for it in items])):
+                item.fields.update(yaw=round(float(yaw), 3), pitch=round(float(pitch), 3),
+                                   roll=round(float(roll), 3), pose_backend="hopenet")
