@@ -11,7 +11,7 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample build-dataset test test-slow bench clean
+.PHONY: venv sample build-dataset inspect query browser test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,27 @@ build-dataset: venv
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 	$(DF) shards verify $(OUT)
 
-test: venv sample
+# make inspect [OUT=data/sample-dataset] [N=8] [WHERE="yaw > 30"]; make query SQL="SELECT ..."
+INSPECT_OUT ?= $(OUT)/inspect
+N ?= 8
+WHERE ?=
+SQL ?= SELECT status, reason, count(*) AS n FROM manifest GROUP BY ALL ORDER BY n DESC
+
+inspect: venv
+	@test -d $(OUT)/manifest || $(MAKE) build-dataset OUT=$(OUT)
+	$(DF) inspect $(OUT) --out $(INSPECT_OUT) --n $(N) $(if $(WHERE),--where "$(WHERE)")
+
+query: venv
+	$(DF) manifest query $(OUT) "$(SQL)"
+
+# Headless Chromium for the report's browser test, where Debian's apt-get and root are at
+# hand; elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the browser test will skip"; }
+
+test: venv sample browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: venv sample

@@ -39,6 +39,31 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from denseface.inspection import InspectError, inspect_dataset
+
+    try:
+        res = inspect_dataset(Path(args.dataset), Path(args.out), n=args.n, where=args.where, seed=args.seed)
+    except InspectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"contact sheet: {res['contact_sheet']} ({len(res['keys'])} samples: {', '.join(res['keys'])})")
+    print(f"report:        {res['report']}")
+    return 0
+
+
+def _manifest_query(args: argparse.Namespace) -> int:
+    from denseface.inspection import InspectError, query_manifest
+
+    try:
+        df = query_manifest(Path(args.dataset), args.sql)
+    except InspectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(df.to_string(index=False, max_rows=args.max_rows, max_colwidth=args.max_colwidth))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="denseface", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -64,6 +89,23 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--root", help="where to put it (default: the dense-face cache)")
     sm.add_argument("--force", action="store_true", help="fetch again even if present")
     sm.set_defaults(func=_sample)
+
+    i = sub.add_parser("inspect", help="contact sheet + one-file HTML report of a built dataset")
+    i.add_argument("dataset", type=Path, help="dataset folder")
+    i.add_argument("--out", type=Path, required=True, help="folder for contact_sheet.png and report.html")
+    i.add_argument("--n", type=int, default=8, help="samples on the contact sheet (default 8)")
+    i.add_argument("--where", help="DuckDB condition on manifest columns, e.g. \"yaw > 30\" (accepted rows only)")
+    i.add_argument("--seed", type=int, help="a random N (reproducible) instead of the first N by key")
+    i.set_defaults(func=_inspect)
+
+    m = sub.add_parser("manifest", help="manifest tools")
+    msub = m.add_subparsers(dest="manifest_command", required=True)
+    q = msub.add_parser("query", help="DuckDB SQL over the Parquet manifests, exposed as the view `manifest`")
+    q.add_argument("dataset", type=Path, help="dataset folder")
+    q.add_argument("sql", help='e.g. "SELECT identity, count(*) AS n FROM manifest GROUP BY 1 ORDER BY n DESC"')
+    q.add_argument("--max-rows", type=int, default=500, help="rows printed at most (default 500)")
+    q.add_argument("--max-colwidth", type=int, default=80, help="characters per cell at most (default 80)")
+    q.set_defaults(func=_manifest_query)
     return p
 
 

@@ -1,0 +1,285 @@
+"""denseface.inspection: contact sheet, HTML report, DuckDB manifest queries, a headless-browser
+check of the report."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from denseface.config import BuildConfig
+from denseface.etl.build import build_dataset
+from denseface.inspection import (HEADER, PANEL, SHEET_WIDTH, InspectError, contact_sheet, dataset_report,
+                               inspect_dataset, query_manifest, select_samples)
+from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, encode_depth, encode_mask
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, sample_casia):
+    """The embedded sample, built as the pipeline builds it today."""
+    out = tmp_path_factory.mktemp("inspect") / "ds"
+    build_dataset(BuildConfig(sources=[f"casia:{sample_casia}"], out=out, runner="local", workers=1), progress=False)
+    return out
+
+
+def _depth_mask_pose(lmk: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The real annotators where they are importable; otherwise simple stand-ins."""
+    try:
+        from denseface.annotators.depth import render_depth
+        from denseface.annotators.head_pose import pose_from_landmarks
+        from denseface.annotators.pseudo_mask import render_pseudo_mask
+
+        return render_depth(lmk), render_pseudo_mask(lmk), pose_from_landmarks(lmk)
+    except ImportError:
+        yy, xx = np.mgrid[:512, :512] / 512.0
+        r = np.hypot(xx - 0.5, (yy - 0.5) * 0.8)
+        depth = np.where(r < 0.35, 1.0 - r / 0.35 + 1e-3, 0.0).astype(np.float32)
+        mask = np.where(r < 0.35, 1, 0).astype(np.uint8)
+        mask[(np.abs(xx - 0.5) < 0.04) & (np.abs(yy - 0.55) < 0.1)] = 2
+        return depth, mask, (10.0, -5.0, 2.0)
+
+
+def _rewrite(src, dst, edit_sample, edit_manifest):
+    """Copy dataset ``src`` to ``dst``, passing each sample's members (ext -> bytes, in key
+    order) through ``edit_sample(i, key, members)`` and each manifest frame through
+    ``edit_manifest(df, info)``, ``info`` being what edit_sample returned, by key."""
+    shutil.copytree(src, dst)
+    info: dict[str, dict] = {}
+    for tar_path in sorted(dst.glob("shard-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            by_key: dict[str, dict[str, bytes]] = {}
+            for m in tar:
+                if m.isfile():
+                    key, _, ext = m.name.partition(".")
+                    by_key.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        with tarfile.open(tar_path, "w") as tar:
+            for i, (key, mem) in enumerate(sorted(by_key.items())):
+                info[key] = edit_sample(i, key, mem)
+                for ext, data in sorted(mem.items()):
+                    ti = tarfile.TarInfo(f"{key}.{ext}")
+                    ti.size = len(data)
+                    tar.addfile(ti, io.BytesIO(data))
+    for pq_path in sorted((dst / "manifest").glob("shard-*.parquet")):
+        df = edit_manifest(pq.read_table(pq_path).to_pandas(), info)
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), pq_path)
+    return dst
+
+
+LATER_COLUMNS = ("yaw", "pitch", "roll", "caption_top", "clip_score_top", "captions_all")
+
+
+@pytest.fixture(scope="module")
+def bare_dataset(dataset, tmp_path_factory):
+    """`dataset` as the first pipeline wrote it: image, json, landmarks only (no depth,
+    mask, identity, pose or captions), to check that everything absent shows as n/a."""
+    def sample(i, key, mem):
+        for ext in list(mem):
+            if ext not in (JPG, JSON, LMK):
+                del mem[ext]
+        meta = json.loads(mem[JSON])
+        for k in ("yaw", "pitch", "roll", "captions"):
+            meta.pop(k, None)
+        mem[JSON] = json.dumps(meta, sort_keys=True).encode()
+
+    def manifest(df, info):
+        return df.drop(columns=[c for c in df.columns if c in LATER_COLUMNS or c.endswith("_pnp")])
+
+    return _rewrite(dataset, tmp_path_factory.mktemp("inspect_bare") / "ds", sample, manifest)
+
+
+@pytest.fixture(scope="module")
+def rich_dataset(dataset, tmp_path_factory):
+    """`dataset` with depth, mask and yaw/pitch/roll added where the build did not produce
+    them, and CLIP-scored captions (every other sample; the rest template captions)."""
+    def sample(i, key, mem):
+        lmk = np.load(io.BytesIO(mem[LMK])).astype(np.float32)
+        depth, mask, (yaw, pitch, roll) = _depth_mask_pose(lmk)
+        meta = json.loads(mem[JSON])
+        for k, v in (("yaw", yaw), ("pitch", pitch), ("roll", roll)):
+            meta.setdefault(k, round(v, 2))
+        if i % 2:
+            meta["captions"] = [{"captioner": "blip", "text": f"a photo of {meta['identity']} smiling at the camera",
+                                 "clip_score": 0.30 + 0.01 * i},
+                                {"captioner": "git", "text": "a man in a suit", "clip_score": 0.25}]
+        else:
+            meta["captions"] = [{"captioner": "template", "text": "a close-up photo of a person facing forward",
+                                 "clip_score": None}]
+        mem[JSON] = json.dumps(meta, sort_keys=True).encode()
+        mem.setdefault(DEPTH, encode_depth(depth))
+        mem.setdefault(MASK, encode_mask(mask))
+        return {"yaw": meta["yaw"], "pitch": meta["pitch"], "roll": meta["roll"],
+                "caption_top": meta["captions"][0]["text"], "clip_score_top": meta["captions"][0]["clip_score"],
+                "captions_all": json.dumps(meta["captions"])}
+
+    def manifest(df, info):
+        for col, typ in zip(LATER_COLUMNS, ("float32", "float32", "float32", object, "float32", object)):
+            if col.startswith("caption") or col.startswith("clip") or col not in df.columns:
+                df[col] = pd.Series([info.get(k, {}).get(col) if s == "ok" else None
+                                     for k, s in zip(df["key"], df["status"])], dtype=typ)
+        return df
+
+    return _rewrite(dataset, tmp_path_factory.mktemp("inspect_rich") / "ds", sample, manifest)
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+# ---- contact sheet ----------------------------------------------------------------------
+
+
+def test_contact_sheet_size_and_content(dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    keys = contact_sheet(dataset, out, n=4)
+    assert keys == sorted(keys) and len(keys) == 4
+    ok_keys = query_manifest(dataset, "SELECT key FROM manifest WHERE status = 'ok' ORDER BY key")["key"]
+    assert keys == list(ok_keys[:4])  # default: first N by key
+    img = _png(out)
+    assert img.shape == (HEADER + 4 * PANEL, SHEET_WIDTH, 3)
+    assert img.std() > 30
+    assert img[HEADER:, :PANEL].std() > 20  # the face panels are pictures, not blank
+
+
+def test_contact_sheet_absent_members_show_na(bare_dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert len(contact_sheet(bare_dataset, out, n=2)) == 2
+    img = _png(out)
+    assert img.shape == (HEADER + 2 * PANEL, SHEET_WIDTH, 3)
+    for col in (2, 3, 4):  # depth, mask, pose: grey "n/a" panels
+        panel = img[HEADER + 60:HEADER + PANEL - 10, col * PANEL + 80:(col + 1) * PANEL - 10]
+        assert (panel == 64).all()
+    assert img[HEADER:HEADER + PANEL, :PANEL].std() > 20
+
+
+def test_contact_sheet_with_all_members(rich_dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    keys = contact_sheet(rich_dataset, out, n=3, where="yaw IS NOT NULL AND identity <> 'cameraman'")
+    assert len(keys) == 3
+    img = _png(out)
+    assert img.shape == (HEADER + 3 * PANEL, SHEET_WIDTH, 3)
+    row = img[HEADER:HEADER + PANEL]
+    depth = row[:, 2 * PANEL + 2:3 * PANEL]
+    assert (depth.sum(-1) == 0).mean() > 0.2 and depth.std() > 20  # black background + a coloured face
+    pose = row[:, 4 * PANEL + 2:5 * PANEL].astype(int)
+    red = (pose[..., 0] > 200) & (pose[..., 1] < 80) & (pose[..., 2] < 80)
+    assert red.sum() > 20  # the red X axis is drawn over the face
+
+
+def test_contact_sheet_filter_and_seed(rich_dataset, tmp_path):
+    keys = contact_sheet(rich_dataset, tmp_path / "a.png", n=8, where="identity = 'obama'")
+    assert keys and all(k.startswith("obama") for k in keys)
+    a = contact_sheet(rich_dataset, tmp_path / "b.png", n=3, seed=1)
+    assert a == contact_sheet(rich_dataset, tmp_path / "c.png", n=3, seed=1) and a == sorted(a)
+
+
+def test_filter_matching_nothing_is_a_clear_error(rich_dataset, bare_dataset, tmp_path):
+    with pytest.raises(InspectError, match=r"no accepted samples match --where 'yaw > 1000'"):
+        contact_sheet(rich_dataset, tmp_path / "x.png", where="yaw > 1000")
+    with pytest.raises(InspectError, match=r"(?s)not a valid DuckDB condition.*columns: key"):
+        select_samples(bare_dataset, where="yaw > 30")  # a dataset built before the head-pose stage
+    assert not (tmp_path / "x.png").exists()
+
+
+# ---- report -----------------------------------------------------------------------------
+
+
+def _report_checks(html_text: str, root) -> list[str]:
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html_text)
+    assert imgs, "no embedded PNG"
+    for b in imgs:
+        Image.open(io.BytesIO(base64.b64decode(b))).verify()
+    summary = json.loads((root / "run_summary.json").read_text())
+    for k in ("inputs", "accepted", "rejected"):
+        assert re.search(rf"<td>{k}</td><td>{summary[k]}</td>", html_text), k
+    assert 'class="versions"' in html_text
+    for pkg, ver in summary["versions"].items():
+        assert f"<td>{pkg}</td><td>{ver}</td>" in html_text
+    assert "detect_align: multiple faces" in html_text
+    assert "http://" not in html_text and "https://" not in html_text  # self-contained
+    return imgs
+
+
+def test_report_as_built(dataset, tmp_path):
+    text = dataset_report(dataset, tmp_path / "report.html").read_text()
+    assert len(_report_checks(text, dataset)) >= 3
+
+
+def test_report_bare_dataset_says_na(bare_dataset, tmp_path):
+    out = dataset_report(bare_dataset, tmp_path / "report.html")
+    text = out.read_text()
+    imgs = _report_checks(text, bare_dataset)
+    assert len(imgs) >= 3  # identities, rejections, timing
+    assert "head-pose stage has not run" in text and "captions stage has not run" in text
+
+
+def test_report_rich_dataset(rich_dataset, tmp_path):
+    text = dataset_report(rich_dataset, tmp_path / "report.html").read_text()
+    imgs = _report_checks(text, rich_dataset)
+    assert len(imgs) >= 5
+    assert "has not run" not in text
+    assert "<td>blip</td>" in text  # per-captioner table from captions_all
+
+
+def test_inspect_dataset_writes_both(dataset, tmp_path):
+    res = inspect_dataset(dataset, tmp_path / "insp", n=2)
+    assert (tmp_path / "insp" / "contact_sheet.png").is_file() and (tmp_path / "insp" / "report.html").is_file()
+    assert len(res["keys"]) == 2
+
+
+# ---- manifest queries -------------------------------------------------------------------
+
+
+def test_query_manifest_group_by(dataset):
+    df = query_manifest(dataset, "SELECT identity, count(*) AS n FROM manifest GROUP BY 1 ORDER BY 1")
+    assert isinstance(df, pd.DataFrame)
+    counts = dict(zip(df["identity"], df["n"]))
+    assert counts["obama"] == 6 and sum(counts.values()) == json.loads((dataset / "run_summary.json").read_text())["inputs"]
+
+
+def test_query_manifest_bad_sql(dataset, tmp_path):
+    with pytest.raises(InspectError, match=r"(?s)manifest query failed.*SELEC"):
+        query_manifest(dataset, "SELEC 1 FROM manifest")
+    with pytest.raises(InspectError, match=r"(?s)nosuchcolumn.*columns: key"):
+        query_manifest(dataset, "SELECT nosuchcolumn FROM manifest")
+    with pytest.raises(InspectError, match="no manifest"):
+        query_manifest(tmp_path, "SELECT 1")
+
+
+# ---- the report in a headless browser ---------------------------------------------------
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def test_report_renders_in_headless_chromium(rich_dataset, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium not installed: apt-get install chromium")
+    report = dataset_report(rich_dataset, tmp_path / "report.html")
+    n_imgs = report.read_text().count("data:image/png;base64,")
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "shot.png"
+    subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,2000", report.as_uri()],
+                   capture_output=True, timeout=60, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    px = _png(shot).astype(np.float32)
+    assert px.std() > 10 and (px < 250).any(axis=-1).mean() > 0.01  # not blank, not all white
+    dom = subprocess.run(base + ["--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=60,
+                         check=False).stdout
+    assert f"plots-ok {n_imgs}" in dom, dom[:500]
