@@ -11,7 +11,7 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample build-dataset inspect query browser test test-slow bench clean
+.PHONY: venv sample build-dataset inspect query generate browser test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,26 @@ inspect: venv
 
 query: venv
 	$(DF) manifest query $(OUT) "$(SQL)"
+
+# make generate [PROMPT="..."] [REFERENCE=photo] [TARGET=photo] [PRETRAINED=/models/sd-2.1-base]
+#               [WEIGHTS=dense-face-dir] [GEN_OUT=data/generate] [GENERATE_ARGS="--steps 50 --seed 1"]
+# Text mode (G1 base + G2 face of REFERENCE) and a face swap onto TARGET; without PRETRAINED the
+# tiny offline model (random weights) runs the whole pipeline on CPU in seconds.
+PROMPT ?= a photo of a smiling man
+REFERENCE ?=
+TARGET ?=
+PRETRAINED ?=
+WEIGHTS ?=
+GEN_OUT ?= data/generate
+GENERATE_ARGS ?=
+GEN_FLAGS = $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(GENERATE_ARGS)
+
+generate: venv sample
+	@ref="$(if $(REFERENCE),$(REFERENCE),$$($(DF) sample)/obama/obama.jpg)"; \
+	target="$(if $(TARGET),$(TARGET),$$($(DF) sample)/biden/biden.jpg)"; \
+	set -x; \
+	$(DF) generate --prompt "$(PROMPT)" --reference "$$ref" --out $(GEN_OUT)/text.png $(GEN_FLAGS) && \
+	$(DF) generate --prompt "$(PROMPT)" --reference "$$ref" --target "$$target" --out $(GEN_OUT)/swap.png $(GEN_FLAGS)
 
 # Headless Chromium for the report's browser test, where Debian's apt-get and root are at
 # hand; elsewhere that one test skips and says why.

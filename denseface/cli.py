@@ -64,6 +64,22 @@ def _manifest_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _face_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"--face-box wants x0,y0,x1,y1 in pixels, got {text!r}")
+    return vals
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from denseface.generate import run
+
+    return run(args)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="denseface", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +122,26 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-rows", type=int, default=500, help="rows printed at most (default 500)")
     q.add_argument("--max-colwidth", type=int, default=80, help="characters per cell at most (default 80)")
     q.set_defaults(func=_manifest_query)
+
+    g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
+    g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face')")
+    g.add_argument("--reference", type=Path, required=True, help="photo of the identity to generate")
+    g.add_argument("--target", type=Path, help="face swap: repaint the face of this photo instead of a G1 image")
+    g.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
+    g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained (default: untrained)")
+    g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
+    g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")
+    g.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--size", type=int, help="G1 base image size in px (default: the model's, 512 SD 2.1-base, 64 tiny)")
+    g.add_argument("--strength", type=float, default=1.0, help="G2 start noise level, (0, 1] (default 1: full)")
+    g.add_argument("--face-box", type=_face_box, help="x0,y0,x1,y1: the face in the base/target image, not detection")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--fp16", action="store_true", help="half precision (GPU)")
+    g.add_argument("--out", type=Path, required=True,
+                   help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
+    g.set_defaults(func=_generate)
     return p
 
 
