@@ -18,6 +18,7 @@ from denseface.annotators.landmarks import FaceMesh
 from denseface.config import BuildConfig
 from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_casia
+from denseface.shards.reader import read_manifest
 
 pytestmark = pytest.mark.bench
 COPIES = 30
@@ -75,4 +76,11 @@ def test_etl_throughput(corpus, tmp_path):
     for what, rate, ratio in rows:
         print(f"{what:42s} {rate:9.1f} {ratio:13.2f}")
     print(f"pipeline (local) / (decode + face mesh): {local / both:.2f}")
-    print(f"Ray scaling 2 workers / 1 worker: {ray2 / ray1:.2f}")
+    print(f"Ray scaling 2 workers / 1 worker: {ray2 / ray1:.2f}; per core (2 workers): {ray2 / 2:.1f} images/s")
+    stages = read_manifest(tmp_path / "local").filter(like="t_").mean()
+    print("per-stage ms per image (local run, from the manifest):")
+    for col, ms in stages.items():
+        print(f"  {col[2:-3]:14s} {ms:8.2f}")
+    busy = stages.sum()
+    print(f"sum of stages {busy:.1f} ms vs wall {1000 / local:.1f} ms per image: "
+          f"engine overhead {1000 / local / busy:.2f}x")
