@@ -591,43 +591,8 @@ class DenseFaceGenerator:
 
 # ---- command line ------------------------------------------------------------------------------
 
-def _face_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4:
-        raise argparse.ArgumentTypeError(f"--face-box wants x0,y0,x1,y1 in pixels, got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
-def add_arguments(g: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``denseface generate`` options (the same lines go into denseface/cli.py)."""
-    g.add_argument("--prompt", help="text prompt (required without --target; face swap default: "
-                                    f"{SWAP_PROMPT!r})")
-    g.add_argument("--reference", type=Path, required=True, help="photo of the identity to generate")
-    g.add_argument("--target", type=Path, help="face swap: repaint the face of this photo instead of a G1 image")
-    g.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
-    g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained (default: untrained)")
-    g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
-    g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"DDIM steps (default {DEFAULT_STEPS})")
-    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--size", type=int, help="G1 base image size in px (default: the model's, 512 SD 2.1-base, 64 tiny)")
-    g.add_argument("--strength", type=float, default=1.0, help="G2 start noise level, (0, 1] (default 1: full)")
-    g.add_argument("--face-box", type=_face_box, help="x0,y0,x1,y1: the face in the base/target image, "
-                                                      "instead of detection")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--fp16", action="store_true", help="half precision (GPU)")
-    g.add_argument("--out", type=Path, required=True,
-                   help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
-    return g
-
-
 def run(args: argparse.Namespace) -> int:
-    """``denseface generate``: returns the exit status."""
+    """``denseface generate`` (options in denseface/cli.py): returns the exit status."""
     if args.target is None and not args.prompt:
         print("error: --prompt is required without --target", file=sys.stderr)
         return 2
@@ -669,12 +634,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"panels: {panels} (base | crop | mask | final)")
     print("timings (s): " + ", ".join(f"{k} {v}" for k, v in info["timings_s"].items()))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = add_arguments(argparse.ArgumentParser(prog="denseface generate", description=__doc__.split("\n")[0]))
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -12,6 +13,20 @@ import pytest
 from PIL import Image
 
 from denseface.etl.sample_data import ensure_sample, sample_photo
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """Tests use tiny tensors: one thread is as fast, and immune to OpenMP threads spinning
+    against each other when the machine's two cores are shared."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +87,38 @@ def bad_corpus(tmp_path_factory, sample_casia) -> Path:
     pair.save(d / "two_faces.jpg")
     assert sorted(p.name for p in d.iterdir()) == sorted(BAD_EXPECTED)
     return root
+
+
+def face_mesh(rgb: np.ndarray) -> np.ndarray:
+    """(478, 3) landmarks of the one face in an RGB image, by the pipeline's face mesh."""
+    from denseface.annotators.landmarks import FaceMesh
+
+    lmk = FaceMesh()(rgb)
+    assert lmk is not None, "face mesh found no face"
+    return lmk
+
+
+def photo_face(stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """(512 x 512 RGB aligned crop, (478, 3) landmarks) of a sample photo, through the real
+    decode, detect+align and landmark stages: the pipeline's own framing."""
+    from denseface.annotators.base import Item
+    from denseface.annotators.decode import Decode
+    from denseface.annotators.detect_align import DetectAlign
+    from denseface.annotators.landmarks import Landmarks
+    from denseface.config import BuildConfig
+
+    cfg = BuildConfig()
+    item = Item(key=stem, identity=stem, source="casia", source_path=str(sample_photo(stem)), unit=0)
+    for stage in (Decode(cfg), DetectAlign(cfg), Landmarks(cfg)):
+        stage.process([item])
+    assert item.ok, item.reason
+    return item.image, item.arrays["lmk"]
+
+
+@pytest.fixture(scope="session")
+def aligned_face() -> tuple[np.ndarray, np.ndarray]:
+    """The real sample photo "obama", aligned, with its landmarks."""
+    return photo_face("obama")
 
 
 @pytest.fixture()

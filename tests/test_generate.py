@@ -2,7 +2,6 @@
 latent blending keeps the background latent exactly, paste-back, face swap, the CLI."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -11,21 +10,13 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
+from denseface.cli import main
 from denseface.etl.sample_data import sample_photo
 from denseface.generate import (
-    PANEL_GAP, PANEL_MIN_HEIGHT, DenseFaceGenerator, FaceAnalyzer, add_arguments, feather_alpha, latent_blending,
-    latent_mask_from, load_photo, main, paste_back, side_by_side,
+    PANEL_GAP, PANEL_MIN_HEIGHT, DenseFaceGenerator, FaceAnalyzer, feather_alpha, latent_blending,
+    latent_mask_from, load_photo, paste_back, side_by_side,
 )
 from denseface.model.tiny_sd import save_tiny_sd
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +152,7 @@ def test_side_by_side_layout():
 
 def test_cli_smoke_writes_final_panels_and_json(tmp_path):
     out = tmp_path / "result.png"
-    rc = main(["--prompt", "a photo of a smiling man", "--reference", str(sample_photo("obama")),
+    rc = main(["generate", "--prompt", "a photo of a smiling man", "--reference", str(sample_photo("obama")),
                "--steps", "25", "--seed", "0", "--device", "cpu", "--out", str(out)])
     assert rc == 0
     final = np.asarray(Image.open(out))
@@ -178,22 +169,7 @@ def test_cli_smoke_writes_final_panels_and_json(tmp_path):
 
 
 def test_cli_without_prompt_or_target_fails(tmp_path):
-    assert main(["--reference", str(sample_photo("obama")), "--out", str(tmp_path / "x.png")]) == 2
-
-
-def test_cli_subcommand_matches_module_options():
-    """Once denseface/cli.py has the `generate` subcommand, its options must be these."""
-    from denseface import cli
-
-    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
-    if "generate" not in sub.choices:
-        pytest.skip("denseface/cli.py has no generate subcommand yet")
-    ours = add_arguments(argparse.ArgumentParser())
-
-    def opts(p):
-        return {(a.dest, tuple(a.option_strings), a.default, a.required) for a in p._actions if a.dest != "help"}
-
-    assert opts(sub.choices["generate"]) == opts(ours)
+    assert main(["generate", "--reference", str(sample_photo("obama")), "--out", str(tmp_path / "x.png")]) == 2
 
 
 def test_weights_folder_sets_config_and_identity_backend(tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import cv2
-import mediapipe as mp
 import numpy as np
 import pytest
 
@@ -13,46 +12,17 @@ from denseface.annotators.head_pose import (
     matrix_from_euler,
     pose_from_landmarks,
 )
-from denseface.etl.sample_data import sample_photo
-
-
-def crop_512(rgb: np.ndarray) -> np.ndarray:
-    """Square crop around the detected face (box x1.8), resized to 512: the pipeline's framing."""
-    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
-        found = det.process(rgb).detections
-    assert found, "no face detected in the sample photo"
-    box = found[0].location_data.relative_bounding_box
-    h, w = rgb.shape[:2]
-    cx, cy = (box.xmin + box.width / 2) * w, (box.ymin + box.height / 2) * h
-    scale = 512 / (1.8 * max(box.width * w, box.height * h))
-    warp = np.float32([[scale, 0, 256 - scale * cx], [0, scale, 256 - scale * cy]])
-    return cv2.warpAffine(rgb, warp, (512, 512), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-
-
-def face_mesh(crop: np.ndarray) -> np.ndarray:
-    """(478, 3) float32 mediapipe landmarks of a 512 crop."""
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as fm:
-        res = fm.process(np.ascontiguousarray(crop))
-    assert res.multi_face_landmarks, "face mesh found no face"
-    return np.array([[p.x, p.y, p.z] for p in res.multi_face_landmarks[0].landmark], np.float32)
-
-
-def photo_face(name: str) -> tuple[np.ndarray, np.ndarray]:
-    bgr = cv2.imread(str(sample_photo(name)), cv2.IMREAD_COLOR)
-    crop = crop_512(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return crop, face_mesh(crop)
-
-
-@pytest.fixture(scope="module")
-def aligned_face() -> tuple[np.ndarray, np.ndarray]:
-    """(512 x 512 RGB crop, (478, 3) landmarks) of the real sample photo "obama"."""
-    return photo_face("obama")
+from tests.conftest import face_mesh, photo_face
 
 
 @pytest.fixture(scope="module")
 def turned_face() -> tuple[np.ndarray, np.ndarray]:
-    """A real face turned and tilted by ~10 degrees (the sample photo "biden")."""
-    return photo_face("biden")
+    """A real face turned (the sample photo "biden", yaw about -9) and tilted: the aligned crop
+    (alignment levels the eyes) rotated 12 degrees clockwise, i.e. a roll of about +12."""
+    crop, _ = photo_face("biden")
+    rot = cv2.getRotationMatrix2D((255.5, 255.5), -12, 1.0)
+    tilted = cv2.warpAffine(crop, rot, (512, 512), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return tilted, face_mesh(tilted)
 
 
 def project(yaw: float, pitch: float, roll: float, distance: float = 40.0) -> np.ndarray:

@@ -10,15 +10,6 @@ import torch
 from denseface.model.hopenet import Hopenet, HopenetPose, decode_bins, load_hopenet, preprocess
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 224 px ResNet-50 is quick on one thread; two threads on a busy 2-core machine spin for seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def net() -> Hopenet:
     torch.manual_seed(0)

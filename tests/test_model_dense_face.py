@@ -9,15 +9,6 @@ from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import build_tiny_sd, encode_prompt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 CFG = DenseFaceConfig(id_dim=128, id_hidden=64, head_hidden=16, pose_embed_channels=(8, 16, 16, 32))
 
 

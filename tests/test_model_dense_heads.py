@@ -10,15 +10,6 @@ from denseface.model.dense_heads import DenseHeads
 from denseface.model.tiny_sd import build_tiny_sd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @torch.no_grad()
 def _features(heads: DenseHeads, unet, batch: int = 2):
     g = torch.Generator().manual_seed(0)

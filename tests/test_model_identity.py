@@ -9,15 +9,6 @@ from denseface.model.identity import IdentityMLP, word_embedding
 from denseface.model.tiny_sd import build_tiny_sd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_token_shape_and_anchor():
     sd = build_tiny_sd()
     face = word_embedding(sd.text_encoder, sd.tokenizer, "face")

@@ -10,15 +10,6 @@ from denseface.model.pc_adapter import PCAdapterAttnProcessor, install_pc_adapte
 from denseface.model.tiny_sd import build_tiny_sd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup():
     sd = build_tiny_sd()
     sd.unet.requires_grad_(False)  # SD is frozen in Dense-Face; compare like with like

@@ -9,15 +9,6 @@ from denseface.model.pose_branch import PoseBranch
 from denseface.model.tiny_sd import build_tiny_sd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and immune to OpenMP spinning when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs():
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 900]), torch.randn(2, 8, 32, generator=g), torch.rand(2, 3, 64, 64, generator=g)
