@@ -68,11 +68,11 @@ def test_decode_bins():
     assert decode_bins(two).item() == pytest.approx(20.5 * 3 - 99, abs=1e-4)
 
 
-def test_load_round_trip(weights, crops, reference):
+def test_load_round_trip(net, weights, crops):
     loaded = load_hopenet(weights)
     assert not loaded.training
-    with torch.no_grad():
-        for a, b in zip(reference, loaded(preprocess(crops))):
+    with torch.no_grad():  # both forwards under the same thread count, so bit-equal is fair
+        for a, b in zip(net(preprocess(crops)), loaded(preprocess(crops))):
             assert torch.equal(a, b)
 
 
