@@ -142,6 +142,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, required=True,
                    help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
     g.set_defaults(func=_generate)
+
+    from denseface.train.cli import add_train_parser
+
+    add_train_parser(sub)
     return p
 
 
