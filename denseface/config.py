@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StageConfig(BaseModel):
@@ -57,12 +60,16 @@ class BuildConfig(BaseModel):
         return self.stages.get(name) or StageConfig()
 
 
-def load_config(path: Path | None, **overrides: Any) -> BuildConfig:
-    """A YAML file (optional) with CLI overrides on top; unknown keys are errors."""
+def load_model_config(model: type[M], path: Path | None, **overrides: Any) -> M:
+    """A YAML file (optional) with CLI overrides on top (None = not given); unknown keys are errors."""
     data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return BuildConfig.model_validate(data)
+    return model.model_validate(data)
+
+
+def load_config(path: Path | None, **overrides: Any) -> BuildConfig:
+    return load_model_config(BuildConfig, path, **overrides)

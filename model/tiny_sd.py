@@ -95,6 +95,17 @@ def tiny_unet_config() -> dict:
     )
 
 
+def sd21_unet_config() -> dict:
+    """The UNet of SD 2.1-base (512 px, 64x64 latents): for GPU checks with random weights."""
+    return dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+    )
+
+
 def build_tiny_sd(seed: int = 0) -> SDComponents:
     """Tiny SD components from configs, deterministic for a given seed; all in eval mode."""
     torch.manual_seed(seed)

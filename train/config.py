@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from denseface.config import load_model_config
 
 
 class TrainConfig(BaseModel):
@@ -67,11 +68,4 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
-    """A YAML file (optional) with overrides on top (None values ignored); unknown keys are errors."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.model_validate(data)
+    return load_model_config(TrainConfig, path, **overrides)

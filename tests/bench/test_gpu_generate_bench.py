@@ -19,11 +19,10 @@ def sd21_base_random(dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from denseface.model.tiny_sd import SDComponents, build_tiny_tokenizer
+    from denseface.model.tiny_sd import SDComponents, build_tiny_tokenizer, sd21_unet_config
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                                use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280))
+    unet = UNet2DConditionModel(**sd21_unet_config())
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
                         sample_size=512)
