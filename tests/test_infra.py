@@ -78,3 +78,20 @@ def test_build_on_a_two_node_local_ray_cluster(tmp_path, sample_casia, monkeypat
     pd.testing.assert_frame_equal(read_manifest(tmp_path / "ray")[keep].sort_values("key").reset_index(drop=True),
                                   read_manifest(tmp_path / "local")[keep].sort_values("key").reset_index(drop=True))
     assert verify_dataset(tmp_path / "ray").ok
+
+
+def test_multinode_launcher_runs_the_train_command():
+    import subprocess
+
+    script = INFRA / "train-multinode.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "accelerate launch" in text and "-m denseface.cli train" in text
+    for flag in ("--num_machines", "--machine_rank", "--main_process_ip", "--num_processes"):
+        assert flag in text
+    from denseface.cli import parser
+
+    args = parser().parse_args(["train", "--mixed-precision", "bf16", "--data", "x", "--out", "y"])
+    assert args.mixed_precision == "bf16"  # the flag the launcher passes exists
+    missing = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert missing.returncode != 0 and "NNODES" in missing.stderr

@@ -2,12 +2,13 @@
 
 Run with ``make bench`` (or ``.venv/bin/python -m pytest -q -m bench -s tests/bench/test_train_bench.py``).
 Prints: data-pipeline samples/s in the main process and with 2 DataLoader workers (512 px
-synthetic shards -> 64 px training tensors), and the time of one training step of the full
+synthetic shards -> 64 px training tensors) against a raw tar read of the same shards, and the time of one training step of the full
 Dense-Face model against plain UNet fine-tuning (all UNet weights trained, eps loss only) on
 the same batch, with their ratio.
 """
 from __future__ import annotations
 
+import tarfile
 import time
 
 import pytest
@@ -41,6 +42,19 @@ def _samples_per_s(trainer: Trainer, workers: int, batches: int) -> float:
     return rate
 
 
+def _raw_tar_samples_per_s(urls: list[str], rounds: int = 5) -> float:
+    """The floor of any reader: every member's bytes read with tarfile, nothing decoded."""
+    keys = 0
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for url in urls:
+            with tarfile.open(url) as tar:
+                for member in tar:
+                    tar.extractfile(member).read()
+                    keys += member.name.endswith(".json")
+    return keys / (time.perf_counter() - start)
+
+
 def _time(fn, n: int) -> float:
     fn()  # warm-up
     start = time.perf_counter()
@@ -55,6 +69,7 @@ def test_train_throughput(dataset, tmp_path):
                                   cpu=True))
     main_rate = _samples_per_s(trainer, 0, 8)
     worker_rate = _samples_per_s(trainer, 2, 16)
+    raw_rate = _raw_tar_samples_per_s(trainer.urls)
 
     batch = trainer.to_device(next(iter(make_pipeline(trainer.urls, trainer.transform(0.1), BATCH))))
     dense_step = _time(lambda: trainer.train_step(batch), 10)
@@ -81,6 +96,8 @@ def test_train_throughput(dataset, tmp_path):
           f"head {trainer.head_size}")
     print(f"data pipeline: {main_rate:8.1f} samples/s in-process, {worker_rate:8.1f} samples/s with 2 workers "
           f"(x{worker_rate / main_rate:.2f})")
+    print(f"raw tar read of the same shards: {raw_rate:8.1f} samples/s; trainer pipeline (2 workers) / raw tar: "
+          f"x{worker_rate / raw_rate:.3f}")
     print(f"train step:    Dense-Face {dense_step * 1e3:7.1f} ms ({n_new / 1e6:.2f} M trained params), "
           f"plain UNet fine-tuning {plain * 1e3:7.1f} ms ({n_unet / 1e6:.2f} M); ratio x{dense_step / plain:.2f}")
     print(f"steps/s the pipeline can feed with 2 workers: {worker_rate / BATCH:.1f}; the Dense-Face step needs "
