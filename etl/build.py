@@ -50,8 +50,8 @@ def manifest_row(item: Item, shard: str, stage_names: list[str]) -> dict[str, An
 class ShardSink:
     """Collects finished items per unit and writes a unit once all its inputs are in."""
 
-    def __init__(self, root: Path, units: dict[int, Unit], cfg: BuildConfig, stage_names: list[str],
-                 arrow_schema, build_fp: str) -> None:
+    def __init__(self, root: Path, units: dict[int, Unit], stage_names: list[str], arrow_schema,
+                 build_fp: str) -> None:
         self.root, self.units, self.stage_names = root, units, stage_names
         self.arrow_schema, self.build_fp = arrow_schema, build_fp
         self.pending: dict[int, list[Item]] = {}
@@ -65,7 +65,7 @@ class ShardSink:
 
     def _write(self, unit: Unit, items: list[Item]) -> None:
         shard = schema.shard_name(unit.index)
-        keep = [n for n in self.arrow_schema.names]
+        keep = set(self.arrow_schema.names)
         rows = [{k: v for k, v in manifest_row(it, shard, self.stage_names).items() if k in keep} for it in items]
         samples = [(it.key, it.members) for it in items if it.ok]
         statuses = Counter(it.status for it in items)
@@ -75,7 +75,8 @@ class ShardSink:
                  "n_rejected": statuses[schema.Status.REJECTED], "n_error": statuses[schema.Status.ERROR],
                  "members": members,
                  "reasons": dict(Counter(_reason_class(it.reason) for it in items if not it.ok)),
-                 "ms_total": {n: round(sum(it.timings.get(n, 0.0) for it in items), 3) for n in self.stage_names}}
+                 "ms_total": {n: round(sum(it.timings.get(n, 0.0) for it in items), 3) for n in self.stage_names},
+                 "n_timed": {n: sum(n in it.timings for it in items) for n in self.stage_names}}
         write_unit(self.root, unit.index, samples, rows, self.arrow_schema, stats)
         self.written += 1
 
@@ -146,7 +147,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
     items = [new_item(p.key, p.unit, p.record) for u in todo for p in u.inputs]
     arrow_schema = manifest_schema(stages)
-    sink = ShardSink(root, {u.index: u for u in todo}, cfg, names, arrow_schema, build_fp)
+    sink = ShardSink(root, {u.index: u for u in todo}, names, arrow_schema, build_fp)
     if items:
         runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
                   else LocalRunner(stages, cfg.jpeg_quality))
@@ -180,8 +181,8 @@ def _summarise(root: Path, units: list[Unit], written: int, skipped: int, second
 
 
 def _ms_per_image(root: Path, units: list[Unit], names: list[str]) -> dict[str, float]:
-    """Mean stage time over the inputs that reached the stage (from the unit stats)."""
+    """Mean time of each stage over the inputs that reached it (from the unit stats)."""
     stats = _unit_stats(root, units)
     total = {n: sum(s["ms_total"].get(n, 0.0) for s in stats) for n in names}
-    accepted = max(1, sum(s["n_ok"] for s in stats))
-    return {n: round(total[n] / accepted, 3) for n in names}
+    timed = {n: sum(s.get("n_timed", {}).get(n, 0) for s in stats) for n in names}
+    return {n: round(total[n] / max(1, timed[n]), 3) for n in names}
