@@ -38,6 +38,7 @@ class Item:
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds per stage
     versions: dict[str, str] = field(default_factory=dict)  # stage -> backend@version
     members: dict[str, bytes] = field(default_factory=dict)  # encoded tar members, once packed
+    scratch: dict[str, Any] = field(default_factory=dict)  # shared by stages, never written out
 
     @property
     def ok(self) -> bool:
@@ -48,6 +49,7 @@ class Item:
         self.image = None  # a failed item carries no pixels further
         self.arrays.clear()
         self.members.clear()
+        self.scratch.clear()
 
 
 class Stage:

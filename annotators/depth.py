@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
-from denseface.annotators.mesh_topology import zbuffer
+from denseface.annotators.mesh_topology import item_zbuffer, zbuffer
 
 DEPTH_FLOOR = 1.0 / 65535  # the smallest non-zero code of the 16-bit PNG (shards.schema.encode_depth)
 
@@ -33,7 +33,13 @@ def render_depth(landmarks: np.ndarray, size: int = 512) -> np.ndarray:
     ``landmarks``: (478, 3) mediapipe landmarks of the aligned crop (x, y in [0, 1], z in x's
     scale, smaller = nearer). Landmarks outside the crop are clipped by the raster.
     """
-    zbuf = zbuffer(landmarks, size)[0].ravel()
+    return depth_from_zbuffer(zbuffer(landmarks, size)[0])
+
+
+def depth_from_zbuffer(z: np.ndarray) -> np.ndarray:
+    """`render_depth` from the z plane of `mesh_topology.zbuffer` (``inf`` = background)."""
+    size = z.shape[0]
+    zbuf = z.ravel()
     face = np.isfinite(zbuf)
     out = np.zeros(size * size, np.float32)
     if face.any():
@@ -49,6 +55,6 @@ class Depth(Stage):
     manifest_fields = {"face_area": "float32"}
 
     def process_one(self, item: Item) -> None:
-        depth = render_depth(item.arrays["lmk"], self.build.crop_size)
+        depth = depth_from_zbuffer(item_zbuffer(item, self.build.crop_size)[0])
         item.arrays["depth"] = depth
         item.fields["face_area"] = round(float((depth > 0).mean()), 5)

@@ -286,6 +286,15 @@ def zbuffer(landmarks: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.ndar
     return zbuf.reshape(size, size), owner.reshape(size, size)
 
 
+def item_zbuffer(item, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`zbuffer` of an ETL item's landmarks, computed once for both the depth and the
+    pseudo-mask stage (kept in ``item.scratch``, which is never written out)."""
+    zb = item.scratch.get("zbuffer")
+    if zb is None or zb[0].shape != (size, size):
+        zb = item.scratch["zbuffer"] = zbuffer(item.arrays["lmk"], size)
+    return zb
+
+
 def silhouette(landmarks: np.ndarray, size: int = 512) -> np.ndarray:
     """Boolean (size, size) face region: the union of `FACE_TRIANGLES` (mesh + closed holes)."""
     pix, _, _ = rasterize(as_landmarks(landmarks), size)

@@ -79,6 +79,11 @@ def render_pseudo_mask(landmarks: np.ndarray, size: int = 512) -> np.ndarray:
     return _PIXEL_CLASS[mt.zbuffer(landmarks, size)[1]]
 
 
+def mask_from_zbuffer(tri: np.ndarray) -> np.ndarray:
+    """`render_pseudo_mask` from the triangle plane of `mesh_topology.zbuffer` (-1 = background)."""
+    return _PIXEL_CLASS[tri]
+
+
 def colorize(mask: np.ndarray) -> np.ndarray:
     """RGB uint8 picture of a class-id mask in the release's ``Paired`` colours."""
     m = np.asarray(mask)
@@ -92,4 +97,4 @@ class PseudoMask(Stage):
     version = "1"
 
     def process_one(self, item: Item) -> None:
-        item.arrays["mask"] = render_pseudo_mask(item.arrays["lmk"], self.build.crop_size)
+        item.arrays["mask"] = mask_from_zbuffer(mt.item_zbuffer(item, self.build.crop_size)[1])

@@ -28,6 +28,7 @@ def pack(item: Item, jpeg_quality: int) -> None:
             item.fail(Status.ERROR, f"pack: {type(exc).__name__}: {exc}")
     item.image = None
     item.arrays = {}
+    item.scratch = {}
 
 
 def sample_json(item: Item) -> dict[str, Any]:

@@ -119,3 +119,20 @@ def test_degenerate_inputs():
     assert not render_depth(np.full((478, 3), 0.5, np.float32)).any()  # a collapsed mesh covers nothing
     lm = np.random.default_rng(0).uniform(2.0, 3.0, (478, 3)).astype(np.float32)  # entirely off the crop
     assert not render_depth(lm, size=64).any()
+
+
+def test_depth_and_mask_stages_share_one_zbuffer(aligned_face):
+    from denseface.annotators.base import Item
+    from denseface.annotators.depth import Depth
+    from denseface.annotators.pseudo_mask import PseudoMask, render_pseudo_mask
+    from denseface.config import BuildConfig
+
+    crop, lm = aligned_face
+    item = Item(key="k", identity="i", source="casia", source_path="-", unit=0, image=crop, arrays={"lmk": lm})
+    cfg = BuildConfig()
+    Depth(cfg).process([item])
+    z, tri = item.scratch["zbuffer"]
+    PseudoMask(cfg).process([item])
+    assert item.scratch["zbuffer"][1] is tri  # computed once, reused by the mask stage
+    assert np.array_equal(item.arrays["depth"], render_depth(lm))
+    assert np.array_equal(item.arrays["mask"], render_pseudo_mask(lm))
