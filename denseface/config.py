@@ -34,6 +34,7 @@ class BuildConfig(BaseModel):
     sources: list[str] = Field(default_factory=list)  # "casia:/path", "celeba:/path", ...
     out: Path | None = None
     shard_size: int = Field(1000, ge=1)
+    wave_units: int = Field(64, ge=1)  # units per runner execution: bounds the driver's memory
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     runner: Literal["ray", "local"] = "ray"
     crop_size: int = Field(512, ge=64)

@@ -145,14 +145,17 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     write_json(root / "plan.json", {"n_units": len(units), "n_inputs": len(records), "shard_size": cfg.shard_size,
                                     "build_fingerprint": build_fp, "fingerprints": [u.fingerprint for u in units]})
     todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
-    items = [new_item(p.key, p.unit, p.record) for u in todo for p in u.inputs]
-    arrow_schema = manifest_schema(stages)
-    sink = ShardSink(root, {u.index: u for u in todo}, names, arrow_schema, build_fp)
-    if items:
-        runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
-                  else LocalRunner(stages, cfg.jpeg_quality))
-        with tqdm(total=len(items), desc="build-dataset", unit="img", disable=not progress, file=sys.stderr) as bar:
-            for item in runner.run(items):
+    sink = ShardSink(root, {u.index: u for u in todo}, names, manifest_schema(stages), build_fp)
+    runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
+              else LocalRunner(stages, cfg.jpeg_quality))
+    total = sum(len(u.inputs) for u in todo)
+    with tqdm(total=total, desc="build-dataset", unit="img", disable=not progress or not total,
+              file=sys.stderr) as bar:
+        # Waves of units bound what the driver holds (item stubs, units in flight) on a
+        # two-million-image run; each wave is one execution of the runner.
+        for start in range(0, len(todo), cfg.wave_units):
+            wave = todo[start:start + cfg.wave_units]
+            for item in runner.run([new_item(p.key, p.unit, p.record) for u in wave for p in u.inputs]):
                 sink.add(item)
                 bar.update(1)
     if sink.pending:

@@ -73,7 +73,7 @@ def manifest_schema(stages: list[Stage]) -> pa.Schema:
 def build_fingerprint(cfg: BuildConfig, stages: list[Stage]) -> str:
     """What decides the bytes of a unit's outputs; a unit written under another
     fingerprint is redone on resume rather than mixed into the dataset."""
-    decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner"})
+    decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner", "wave_units"})
     for name, conf in decisive.get("stages", {}).items():
         for k in ("num_cpus", "num_gpus", "batch_size", "concurrency"):
             conf.pop(k, None)

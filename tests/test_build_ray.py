@@ -22,7 +22,7 @@ def test_ray_build_equals_local_build(tmp_path, sample_casia, bad_corpus):
     sources = [f"casia:{sample_casia}", f"casia:{bad_corpus}"]
     try:
         ray_res = build_dataset(BuildConfig(sources=sources, out=tmp_path / "ray", runner="ray", workers=2,
-                                            shard_size=6), progress=False)
+                                            shard_size=6, wave_units=2), progress=False)  # 4 units: 2 waves
     finally:
         ray.shutdown()
     local_res = build_dataset(BuildConfig(sources=sources, out=tmp_path / "local", runner="local", workers=1,
