@@ -56,7 +56,14 @@ from denseface.annotators.base import Item, Reject, Stage
 
 TEMPLATE = "template"
 MODELS = "models"
-CAPTIONER_KINDS = ("blip", "blip2", "git", "vision-encoder-decoder")
+# kind -> (processor, model) transformers class names
+_TRANSFORMERS_CLASSES = {
+    "blip": ("BlipProcessor", "BlipForConditionalGeneration"),
+    "blip2": ("Blip2Processor", "Blip2ForConditionalGeneration"),
+    "git": ("AutoProcessor", "AutoModelForCausalLM"),
+    "vision-encoder-decoder": ("ViTImageProcessor", "VisionEncoderDecoderModel"),
+}
+CAPTIONER_KINDS = tuple(_TRANSFORMERS_CLASSES)
 _KIND_ALIASES = {"vit-gpt2": "vision-encoder-decoder", "blip-2": "blip2"}
 _EXAMPLE_HUB_IDS = {
     "blip": "Salesforce/blip-image-captioning-large",
@@ -286,24 +293,12 @@ class Captioner:
 
         self.spec, self.device, self.dtype = spec, device, dtype
         path, kw = spec.path, _load_kwargs(dtype)
-        if spec.kind == "blip":
-            self.processor = tf.BlipProcessor.from_pretrained(path, local_files_only=True)
-            self.model = tf.BlipForConditionalGeneration.from_pretrained(path, **kw)
-            self.tokenizer = self.processor.tokenizer
-        elif spec.kind == "blip2":
-            self.processor = tf.Blip2Processor.from_pretrained(path, local_files_only=True)
-            self.model = tf.Blip2ForConditionalGeneration.from_pretrained(path, **kw)
-            self.tokenizer = self.processor.tokenizer
-        elif spec.kind == "git":
-            self.processor = tf.AutoProcessor.from_pretrained(path, local_files_only=True)
-            self.model = tf.AutoModelForCausalLM.from_pretrained(path, **kw)
-            self.tokenizer = self.processor.tokenizer
-        elif spec.kind == "vision-encoder-decoder":
-            self.processor = tf.ViTImageProcessor.from_pretrained(path, local_files_only=True)
-            self.model = tf.VisionEncoderDecoderModel.from_pretrained(path, **kw)
-            self.tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        else:  # CaptionerSpec.parse already refuses these
-            raise ValueError(f"unknown captioner kind {spec.kind!r}")
+        processor_cls, model_cls = _TRANSFORMERS_CLASSES[spec.kind]  # CaptionerSpec.parse checked the kind
+        self.processor = getattr(tf, processor_cls).from_pretrained(path, local_files_only=True)
+        self.model = getattr(tf, model_cls).from_pretrained(path, **kw)
+        # ViT-GPT2's image processor has no tokenizer: the decoder's lives beside it.
+        self.tokenizer = (tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+                          if spec.kind == "vision-encoder-decoder" else self.processor.tokenizer)
         self.model.to(device).eval()
 
     def _inputs(self, images):

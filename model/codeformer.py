@@ -113,7 +113,18 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h)
 
 
-class Encoder(nn.Module):
+class _BlockStack(nn.Module):
+    """``blocks`` applied in order (the official Encoder/Generator layout and key names)."""
+
+    blocks: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class Encoder(_BlockStack):
     """``blocks``: conv_in, per level ``res_blocks`` ResBlocks (+AttnBlock at attention
     resolutions) and a Downsample (not after the last), then Res/Attn/Res, GroupNorm, conv
     to ``emb_dim``. ``fuse_index[res]`` is the block whose output feeds the SFT fusion: the
@@ -143,13 +154,7 @@ class Encoder(nn.Module):
                    nn.Conv2d(block_in_ch, emb_dim, kernel_size=3, stride=1, padding=1)]
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-
-class Generator(nn.Module):
+class Generator(_BlockStack):
     """Mirror of the encoder from the ``emb_dim`` codes to RGB. ``fuse_index[res]``: the
     block after which the SFT fusion applies: the first ResBlock of a level, or the last one
     on a level with attention (the official table: 16->6, 32->9, ..., 512->21)."""
@@ -179,12 +184,6 @@ class Generator(nn.Module):
                 curr_res *= 2
         blocks += [_norm(block_in_ch, norm_groups), nn.Conv2d(block_in_ch, 3, kernel_size=3, stride=1, padding=1)]
         self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return x
-
 
 class VectorQuantizer(nn.Module):
     """The codebook (``embedding``: codebook_size x emb_dim); CodeFormer only looks codes up."""
