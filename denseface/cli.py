@@ -81,7 +81,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="denseface", description=__doc__)
+    p = argparse.ArgumentParser(prog="denseface", description="Build the T2I-Dense-Face dataset, inspect it, "
+                                "train Dense-Face on it and generate personalized faces.")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build-dataset", help="sources -> WebDataset shards + Parquet manifests")
