@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from denseface.annotators.pseudo_mask import colorize
 from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, Status, decode_members, is_timing_column
 
 PANEL = 192  # px, each square panel of a contact-sheet row
@@ -197,18 +198,6 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _mask_rgb(mask: np.ndarray) -> np.ndarray:
-    try:
-        from denseface.annotators.pseudo_mask import colorize
-
-        return colorize(mask)
-    except ImportError:
-        from matplotlib import colormaps
-
-        lut = (np.asarray(colormaps["Paired"].colors)[:10, :3] * 255).round().astype(np.uint8)
-        return lut[np.clip(mask, 0, 9)]
-
-
 def _depth_rgb(depth: np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
 
@@ -284,7 +273,7 @@ def _row_panels(sample: dict[str, Any], row: pd.Series) -> tuple[np.ndarray, lis
         na(2, "depth")
     mask = sample.get(MASK)
     if isinstance(mask, np.ndarray) and mask.ndim == 2:
-        strip[:, 3 * P:4 * P] = _resize(_mask_rgb(mask), P, nearest=True)
+        strip[:, 3 * P:4 * P] = _resize(colorize(mask), P, nearest=True)
     else:
         na(3, "mask")
     meta = sample.get(JSON) if isinstance(sample.get(JSON), dict) else {}

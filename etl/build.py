@@ -160,32 +160,29 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
                 bar.update(1)
     if sink.pending:
         raise RuntimeError(f"units {sorted(sink.pending)} did not receive all their inputs")
-    result = _summarise(root, units, sink.written, len(units) - len(todo), time.perf_counter() - started)
+    stats = [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
+    result = _summarise(stats, len(units), sink.written, len(units) - len(todo), time.perf_counter() - started)
     write_json(root / "run_summary.json", {
         **asdict(result), "balanced": result.balanced, "finished": datetime.now(timezone.utc).isoformat(),
         "config": cfg.model_dump(mode="json"), "stages": [f"{s.name}:{s.backend}@{s.version}" for s in stages],
-        "versions": _versions(), "ms_per_image": _ms_per_image(root, units, names)})
+        "versions": _versions(), "ms_per_image": _ms_per_image(stats, names)})
     return result
 
 
-def _unit_stats(root: Path, units: list[Unit]) -> list[dict[str, Any]]:
-    return [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
-
-
-def _summarise(root: Path, units: list[Unit], written: int, skipped: int, seconds: float) -> BuildResult:
-    stats = _unit_stats(root, units)
+def _summarise(stats: list[dict[str, Any]], n_units: int, written: int, skipped: int,
+               seconds: float) -> BuildResult:
+    """Counts over every unit of the plan (written now or skipped as done), from their stats."""
     reasons: Counter[str] = Counter()
     for s in stats:
         reasons.update(s["reasons"])
     return BuildResult(inputs=sum(s["n_inputs"] for s in stats), accepted=sum(s["n_ok"] for s in stats),
                        rejected=sum(s["n_rejected"] for s in stats), errors=sum(s["n_error"] for s in stats),
-                       units_total=len(units), units_written=written, units_skipped=skipped,
+                       units_total=n_units, units_written=written, units_skipped=skipped,
                        seconds=seconds, reasons=dict(sorted(reasons.items())))
 
 
-def _ms_per_image(root: Path, units: list[Unit], names: list[str]) -> dict[str, float]:
+def _ms_per_image(stats: list[dict[str, Any]], names: list[str]) -> dict[str, float]:
     """Mean time of each stage over the inputs that reached it (from the unit stats)."""
-    stats = _unit_stats(root, units)
     total = {n: sum(s["ms_total"].get(n, 0.0) for s in stats) for n in names}
     timed = {n: sum(s.get("n_timed", {}).get(n, 0) for s in stats) for n in names}
     return {n: round(total[n] / max(1, timed[n]), 3) for n in names}
