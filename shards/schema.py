@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from typing import Any
 
 import cv2
@@ -63,8 +64,47 @@ def encode_npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# Why not plain np.load: numpy parses every .npy header with ast.literal_eval, and CPython
+# 3.11's ast is not thread-safe (python/cpython#106905: "AST constructor recursion depth
+# mismatch" when the interpreter switches threads mid-parse). The trainer's identity index
+# and other thread pools decode id.npy / lmk.npy members, so the headers np.save writes for
+# plain C-order arrays are parsed here without ast; anything else goes to np.load under a lock.
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=]?[biuf]\d{1,2})', 'fortran_order': False, 'shape': \(((?:\d+, ?)*\d*)\), *\} *\n?$")
+_NP_LOAD_LOCK = threading.Lock()
+
+
+def _parse_npy_header(data: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """(dtype, shape, data offset) of a simple .npy header, or None when it is not one."""
+    if len(data) < 10 or data[:6] != _NPY_MAGIC or data[6] not in (1, 2, 3) or data[7] != 0:
+        return None
+    if data[6] == 1:
+        size, start = int.from_bytes(data[8:10], "little"), 10
+    else:
+        size, start = int.from_bytes(data[8:12], "little"), 12
+    header = data[start:start + size]
+    if len(header) != size:
+        return None
+    m = _NPY_HEADER.match(header.decode("latin1"))
+    if m is None:
+        return None
+    shape = tuple(int(d) for d in m.group(2).replace(" ", "").split(",") if d)
+    return np.dtype(m.group(1)), shape, start + size
+
+
 def decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """Thread-safe np.load of one .npy member (see above); returns a writable array."""
+    parsed = _parse_npy_header(data)
+    if parsed is None:
+        with _NP_LOAD_LOCK:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    dtype, shape, offset = parsed
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - offset != count * dtype.itemsize:
+        raise ValueError(f".npy member holds {len(data) - offset} data bytes, "
+                         f"{count * dtype.itemsize} expected for {dtype.str} {shape}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
 
 
 def encode_depth(depth: np.ndarray) -> bytes:
