@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from denseface.errors import UserError
 import torch
 
 from denseface.shards.reader import iter_samples
@@ -145,8 +147,10 @@ def test_resolve_urls(dataset):
     assert resolve_urls(f"{dataset}/shard-{{000000..000001}}.tar") == folder
     assert resolve_urls([f"{dataset}/shard-*.tar"]) == folder
     assert resolve_urls("pipe:cat x.tar") == ["pipe:cat x.tar"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no shard"):
         resolve_urls(str(dataset / "manifest"))
+    with pytest.raises(UserError, match="not found"):
+        resolve_urls(str(dataset / "shard-000009.tar"))
 
 
 def test_cached_latents_replace_the_image(tmp_path):
