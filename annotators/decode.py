@@ -53,6 +53,18 @@ def _orientation(img: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-downscale by the integer factor that brings the longer side within ``max_side``,
+    on the decoded PIL image before any copy of it is made (no-op for small images)."""
+    factor = -(-max(img.size) // max_side) if max_side else 1
+    if factor <= 1:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode reduce() does not take: downscaled after conversion instead
+        return img
+
+
 def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int,
                  max_side: int | None = None) -> tuple[np.ndarray, dict]:
     """Pure function behind the stage: returns (rgb, fields) or raises Reject."""
@@ -85,6 +97,7 @@ def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int,
                 if max_side and max(w, h) > max_side:
                     img.draft(None, (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
                 img.load()
+                img = _reduced(img, max_side)
                 ImageOps.exif_transpose(img, in_place=True)
                 rgb = to_rgb(img)
     except Reject:
