@@ -16,6 +16,10 @@ class ConfigError(UserError, ValueError):
     """A configuration value that cannot work (unknown stage or backend, missing weights)."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A configured file (weights, index) that is not there."""
+
+
 class OutputError(UserError):
     """The output folder cannot be written (read-only, permissions, disk full)."""
 

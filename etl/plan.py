@@ -62,7 +62,8 @@ def assign_keys(records: list[Record]) -> list[str]:
         n = listed[(r.source, r.source_path)]
         listed[(r.source, r.source_path)] += 1
         keys.append(f"{base}-{_digest(f'{r.source}:{r.source_path}' + (f'#{n}' if n else ''))[:8]}")
-    return keys
+    taken = Counter(keys)  # a file named like another's hashed key: hash once more
+    return [k if taken[k] == 1 else f"{k[:_MAX_BASE]}-{_digest(f'{k}#{i}')[:8]}" for i, k in enumerate(keys)]
 
 
 def mark_repeats(records: list[Record]) -> list[Record]:

@@ -96,37 +96,43 @@ def _is_dir(entry: os.DirEntry) -> bool:
 def _walk(root: Path, kind: str, depth: int | None) -> Iterator[tuple[tuple[str, ...], os.DirEntry | None, str]]:
     """``(relative parts, entry, skip reason)`` for every entry under ``root``, sorted.
 
-    ``depth`` folder levels are descended (None: all). Folder symlinks are followed once:
-    a folder reached again (a loop) is skipped with a reason, as is an unreadable folder."""
+    ``depth`` folder levels are descended (None: all), without recursion (a tree may be
+    deeper than Python's stack). Folder symlinks are followed once: a folder reached again
+    (a loop) is skipped with a reason, as is an unreadable folder."""
     seen_dirs: set[tuple[int, int]] = set()
+    stack: list[Iterator[tuple[tuple[str, ...], os.DirEntry]]] = []
 
-    def visit(folder: Path, parts: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], os.DirEntry | None, str]]:
+    def enter(folder: Path, parts: tuple[str, ...]) -> str:
         try:
             st = folder.stat()
         except OSError as exc:
-            yield parts, None, f"{kind}: unreadable folder: {exc.strerror or type(exc).__name__}"
-            return
+            return f"{kind}: unreadable folder: {exc.strerror or type(exc).__name__}"
         if (st.st_dev, st.st_ino) in seen_dirs:
-            yield parts, None, f"{kind}: folder reached twice (symlink loop), not read again"
-            return
+            return f"{kind}: folder reached twice (symlink loop), not read again"
         seen_dirs.add((st.st_dev, st.st_ino))
         entries, problem = _listing(folder)
         if problem:
-            yield parts, None, f"{kind}: {problem}"
-            return
-        for entry in entries:
-            sub = parts + (entry.name,)
-            if entry.name.startswith("."):
-                yield sub, entry, f"{kind}: hidden entry"
-            elif _is_dir(entry):
-                if depth is not None and len(sub) > depth:
-                    yield sub, entry, f"{kind}: folder deeper than the layout"
-                else:
-                    yield from visit(Path(entry.path), sub)
-            else:
-                yield sub, entry, ""
+            return f"{kind}: {problem}"
+        stack.append(iter([(parts + (e.name,), e) for e in entries]))
+        return ""
 
-    yield from visit(root, ())
+    if problem := enter(root, ()):
+        yield (), None, problem
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            continue
+        sub, entry = nxt
+        if entry.name.startswith("."):
+            yield sub, entry, f"{kind}: hidden entry"
+        elif _is_dir(entry):
+            if depth is not None and len(sub) > depth:
+                yield sub, entry, f"{kind}: folder deeper than the layout"
+            elif problem := enter(Path(entry.path), sub):
+                yield sub, None, problem
+        else:
+            yield sub, entry, ""
 
 
 def _read_tree(root: Path, kind: str, depth: int | None) -> Iterator[Record]:

@@ -17,7 +17,7 @@ from denseface.annotators.landmarks import Landmarks
 from denseface.annotators.pseudo_mask import PseudoMask
 from denseface.annotators.restore import Restore
 from denseface.config import BuildConfig
-from denseface.errors import ConfigError
+from denseface.errors import ConfigError, MissingFileError
 from denseface.shards import schema
 
 STAGES: tuple[type[Stage], ...] = (
@@ -41,7 +41,9 @@ def build_stages(cfg: BuildConfig) -> list[Stage]:
     for stage in stages:
         try:
             stage.check()  # missing weights etc. fail here, before any work starts
-        except (ValueError, FileNotFoundError) as exc:
+        except FileNotFoundError as exc:
+            raise MissingFileError(str(exc)) from exc
+        except ValueError as exc:
             raise ConfigError(str(exc)) from exc
     return stages
 

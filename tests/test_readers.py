@@ -92,3 +92,16 @@ def test_read_source_errors():
         read_source("flickr:/x")
     with pytest.raises(SourceError, match="CASIA"):
         list(read_source("casia:/definitely/not/here"))
+
+
+def test_folder_deeper_than_the_python_stack(tmp_path):
+    deep = tmp_path
+    for _ in range(1200):
+        deep = deep / "d"
+        try:
+            deep.mkdir()
+        except OSError:  # the path length limit came first
+            break
+    _touch(deep / "x.jpg")
+    recs = [r for r in read_folder(tmp_path) if not r.skip]
+    assert len(recs) == 1 and recs[0].rel.endswith("/x.jpg")
