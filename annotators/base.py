@@ -82,10 +82,10 @@ class Stage:
             self._guarded(item, self.process_one)
 
     def process(self, items: list[Item]) -> list[Item]:
-        if not self._ready:
+        live = [it for it in items if it.ok]
+        if live and not self._ready:  # a batch of rejects needs no model
             self.setup()
             self._ready = True
-        live = [it for it in items if it.ok]
         if live:
             start = time.perf_counter()
             try:

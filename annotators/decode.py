@@ -2,12 +2,18 @@
 
 Size limits are checked on the header before any pixel is decoded, so a decompression
 bomb costs nothing; odd modes (16-bit, CMYK, grayscale, palette, alpha) are normalised.
+Memory is bounded per image: a picture larger than ``max_side`` is decoded at a reduced
+scale where the format allows (JPEG draft mode) and downscaled at once otherwise, so a
+batch holds only small images (``decode_scale`` records the factor; docs/benchmarks.md
+has the peak per worker). Sizes and transforms are in the upright (EXIF-rotated) frame.
 """
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -38,14 +44,39 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
-def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int) -> tuple[np.ndarray, dict]:
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation (1-8; 1 = stored upright); a broken EXIF block counts as upright."""
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - EXIF parsing raises many kinds of errors on junk
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _reduced(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-downscale by the integer factor that brings the longer side within ``max_side``,
+    on the decoded PIL image before any copy of it is made (no-op for small images)."""
+    factor = -(-max(img.size) // max_side) if max_side else 1
+    if factor <= 1:
+        return img
+    try:
+        return img.reduce(factor)
+    except ValueError:  # a mode reduce() does not take: downscaled after conversion instead
+        return img
+
+
+def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int,
+                 max_side: int | None = None) -> tuple[np.ndarray, dict]:
     """Pure function behind the stage: returns (rgb, fields) or raises Reject."""
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
     except FileNotFoundError:
         raise Reject("missing file") from None
-    except OSError as exc:
-        raise Reject(f"unreadable file: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise Reject(f"unreadable file: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Reject("not a regular file")  # a FIFO or device would block or never end
+    size = st.st_size
     if size == 0:
         raise Reject("empty file (0 bytes)")
     if size > max_bytes:
@@ -59,8 +90,14 @@ def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int) -> t
                     raise Reject(f"too many pixels (decompression-bomb guard): {w}x{h} > {max_pixels}")
                 if min(w, h) < min_side:
                     raise Reject(f"image too small: {w}x{h}, shorter side < {min_side} px")
+                if getattr(img, "n_frames", 1) > 1:
+                    raise Reject(f"animated or multi-frame image ({img.n_frames} frames): which frame is unclear")
                 fmt, mode = img.format or "", img.mode
+                orientation = _orientation(img)
+                if max_side and max(w, h) > max_side:
+                    img.draft(None, (max(1, w * max_side // max(w, h)), max(1, h * max_side // max(w, h))))
                 img.load()
+                img = _reduced(img, max_side)
                 ImageOps.exif_transpose(img, in_place=True)
                 rgb = to_rgb(img)
     except Reject:
@@ -69,19 +106,27 @@ def decode_image(path: str, max_bytes: int, max_pixels: int, min_side: int) -> t
         raise Reject("not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Reject(f"decompression-bomb guard: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Reject(f"decode error: {exc}") from None
-    fields = {"src_width": w, "src_height": h, "src_format": fmt, "src_mode": mode, "src_bytes": size}
+    upright_w, upright_h = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    if max_side and max(rgb.shape[:2]) > max_side:
+        f = max_side / max(rgb.shape[:2])
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * f)), max(1, round(rgb.shape[0] * f))),
+                         interpolation=cv2.INTER_AREA)
+    fields = {"src_width": upright_w, "src_height": upright_h, "src_orientation": orientation,
+              "decode_scale": round(rgb.shape[1] / upright_w, 6), "src_format": fmt, "src_mode": mode,
+              "src_bytes": size}
     return np.ascontiguousarray(rgb), fields
 
 
 class Decode(Stage):
     name = "decode"
-    version = "1"
-    manifest_fields = {"src_width": "int32", "src_height": "int32", "src_format": "string",
-                       "src_mode": "string", "src_bytes": "int64"}
+    version = "2"
+    manifest_fields = {"src_width": "int32", "src_height": "int32", "src_orientation": "int32",
+                       "decode_scale": "float32", "src_format": "string", "src_mode": "string", "src_bytes": "int64"}
 
     def process_one(self, item: Item) -> None:
         b = self.build
-        item.image, fields = decode_image(item.source_path, b.max_file_bytes, b.max_pixels, b.min_side)
+        item.image, fields = decode_image(item.source_path, b.max_file_bytes, b.max_pixels, b.min_side,
+                                          b.max_decode_side)
         item.fields.update(fields)

@@ -136,7 +136,8 @@ class DetectAlign(Stage):
         matrix = crop_transform(ffhq_quad(face.eye_left, face.eye_right, face.mouth), size)
         h, w = item.image.shape[:2]
         item.image = warp_face(item.image, matrix, size)
+        scale = item.fields.get("decode_scale", 1.0)  # decoded = scale x source pixels
         item.fields.update(n_faces=len(faces), face_score=round(face.score, 4),
                            pad_fraction=round(pad_fraction(matrix, w, h, size), 4),
-                           bbox=[round(v, 2) for v in face.box],
-                           crop_transform=[round(float(v), 6) for v in matrix.ravel()])
+                           bbox=[round(v / scale, 2) for v in face.box],
+                           crop_transform=[round(float(v), 6) for v in (matrix * [scale, scale, 1.0]).ravel()])

@@ -42,6 +42,8 @@ class BuildConfig(BaseModel):
     max_file_bytes: int = 100 * 2**20
     max_pixels: int = 60_000_000  # decompression-bomb guard, checked before decoding
     min_side: int = Field(32, ge=1)
+    # Longer sides are decoded at a reduced scale: bounds each image's memory in a batch.
+    max_decode_side: int = Field(2048, ge=64)
     min_face_px: int = Field(24, ge=1)
     min_face_score: float = Field(0.5, ge=0.0, le=1.0)
     # A second face at least this fraction of the largest face's area makes the identity

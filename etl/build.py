@@ -5,7 +5,9 @@ inputs == accepted + rejected (+ errors), whatever happened to the images.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import platform
 import sys
 import time
@@ -20,26 +22,29 @@ from tqdm import tqdm
 
 from denseface.annotators.base import Item
 from denseface.config import BuildConfig
+from denseface.errors import OutputError, UserError
+from denseface.etl.lock import output_lock
 from denseface.etl.plan import Unit, make_plan
-from denseface.etl.readers import read_source
+from denseface.etl.readers import Record, parse_source, printable, read_source
 from denseface.etl.runner import LocalRunner, RayRunner
 from denseface.etl.stages import build_fingerprint, build_stages, manifest_schema
 from denseface.shards import schema
 from denseface.shards.verify import check_unit
-from denseface.shards.writer import TMP_MARK, unit_paths, write_json, write_unit
+from denseface.shards.writer import own_temporaries, unit_paths, write_json, write_unit
 
 
 def new_item(key: str, unit: int, rec) -> Item:
     item = Item(key=key, identity=rec.identity, source=rec.source, source_path=rec.source_path, unit=unit,
                 fields=dict(rec.attrs))
     if rec.error:
-        item.fail(schema.Status.REJECTED, f"index: {rec.error}")
+        item.fail(schema.Status.REJECTED, rec.error)
     return item
 
 
 def manifest_row(item: Item, shard: str, stage_names: list[str]) -> dict[str, Any]:
-    row = {"key": item.key, "unit": item.unit, "shard": shard, "status": item.status, "reason": item.reason,
-           "identity": item.identity, "source": item.source, "source_path": item.source_path,
+    row = {"key": item.key, "unit": item.unit, "shard": shard, "status": item.status,
+           "reason": printable(item.reason), "identity": printable(item.identity), "source": item.source,
+           "source_path": printable(item.source_path),
            "versions": json.dumps(dict(sorted(item.versions.items())), sort_keys=True)}
     row.update(item.fields)
     for name in stage_names:
@@ -82,8 +87,9 @@ class ShardSink:
 
 
 def remove_stale_temporaries(root: Path) -> int:
-    """Half-written files of a killed run (one writer per output folder is assumed)."""
-    stale = [p for p in root.rglob(f"*{TMP_MARK}*") if p.is_file()]
+    """Half-written files of a killed run: only the build's own temporary names, where it
+    writes them (`own_temporaries`); the lock guarantees no other build is writing them."""
+    stale = own_temporaries(root)
     for p in stale:
         p.unlink()
     if stale:
@@ -107,15 +113,20 @@ class BuildResult:
     units_skipped: int
     seconds: float
     reasons: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # seen by a reader, not an input: reason -> count
+    seen: int = 0  # everything the readers saw: inputs + skipped
 
     @property
     def balanced(self) -> bool:
-        return self.inputs == self.accepted + self.rejected + self.errors
+        return (self.inputs == self.accepted + self.rejected + self.errors
+                and self.seen == self.inputs + sum(self.skipped.values()))
 
     def line(self) -> str:
         rate = (self.inputs / self.seconds) if self.seconds else 0.0
-        return (f"inputs={self.inputs} accepted={self.accepted} rejected={self.rejected} errors={self.errors} "
-                f"(inputs == accepted + rejected + errors: {'yes' if self.balanced else 'NO'}) | units "
+        return (f"seen={self.seen} skipped={sum(self.skipped.values())} inputs={self.inputs} "
+                f"accepted={self.accepted} rejected={self.rejected} errors={self.errors} "
+                f"(seen == inputs + skipped, inputs == accepted + rejected + errors: "
+                f"{'yes' if self.balanced else 'NO'}) | units "
                 f"written={self.units_written} skipped={self.units_skipped} of {self.units_total} | "
                 f"{self.seconds:.1f}s, {rate:.2f} inputs/s")
 
@@ -130,20 +141,81 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def unique_sources(specs: list[str]) -> list[str]:
+    """The same ``KIND:PATH`` given twice is read once (said on stderr)."""
+    seen: dict[tuple[str, Path], str] = {}
+    for spec in specs:
+        key = parse_source(spec)
+        if key in seen:
+            print(f"note: --source {spec} repeats {seen[key]}; read once", file=sys.stderr)
+        else:
+            seen[key] = spec
+    return list(seen.values())
+
+
+def read_all(specs: list[str]) -> tuple[list[Record], dict[str, int], int]:
+    """(input records, skipped-entry counts per reason, entries seen) over all sources."""
+    records: list[Record] = []
+    skipped: Counter[str] = Counter()
+    seen = 0
+    for spec in specs:
+        for rec in read_source(spec):
+            seen += 1
+            if rec.skip:
+                skipped[rec.skip] += 1
+            else:
+                records.append(rec)
+    return records, dict(sorted(skipped.items())), seen
+
+
+# A failed write for one of these reasons is the user's to fix (permissions, mount, space).
+_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EEXIST,
+                  errno.ENOTDIR, errno.EISDIR}
+
+
 def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     if cfg.out is None or not cfg.sources:
-        raise ValueError("a build needs at least one --source and an --out folder")
+        raise UserError("a build needs at least one --source and an --out folder")
     started = time.perf_counter()
     root = Path(cfg.out)
+    specs = unique_sources(cfg.sources)
     stages = build_stages(cfg)  # fails on missing weights before anything is read or written
-    names = [s.name for s in stages]
     build_fp = build_fingerprint(cfg, stages)
-    records = [r for spec in cfg.sources for r in read_source(spec)]
+    records, skipped, seen = read_all(specs)
     units = make_plan(records, cfg.shard_size)
-    root.mkdir(parents=True, exist_ok=True)
+    plan = {"n_units": len(units), "n_inputs": len(records), "shard_size": cfg.shard_size,
+            "build_fingerprint": build_fp, "fingerprints": [u.fingerprint for u in units]}
+    if root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        return _complete_read_only(root, units, build_fp, skipped, seen, started)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with output_lock(root):
+            return _build_locked(cfg, root, stages, build_fp, units, plan, skipped, seen, started, progress)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        raise OutputError(f"cannot write {printable(str(exc.filename or root))}: {exc.strerror}") from None
+
+
+def _complete_read_only(root: Path, units: list[Unit], build_fp: str, skipped: dict[str, int], seen: int,
+                        started: float) -> BuildResult:
+    """A finished dataset on a read-only mount: report it, write nothing; else a clear error."""
+    todo = [u.index for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
+    if todo:
+        raise OutputError(f"output folder {root} is not writable and {len(todo)} of {len(units)} unit(s) "
+                          f"need writing (first: {schema.shard_name(todo[0])})")
+    print(f"note: {root} is read-only and complete: nothing written", file=sys.stderr)
+    stats = [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
+    return _summarise(stats, len(units), 0, len(units), time.perf_counter() - started, skipped, seen)
+
+
+def _build_locked(cfg: BuildConfig, root: Path, stages, build_fp: str, units: list[Unit], plan: dict[str, Any],
+                  skipped: dict[str, int], seen: int, started: float, progress: bool) -> BuildResult:
+    names = [s.name for s in stages]
     remove_stale_temporaries(root)
-    write_json(root / "plan.json", {"n_units": len(units), "n_inputs": len(records), "shard_size": cfg.shard_size,
-                                    "build_fingerprint": build_fp, "fingerprints": [u.fingerprint for u in units]})
+    plan_path = root / "plan.json"
+    if not plan_path.exists() or json.loads(plan_path.read_text() or "null") != plan:
+        write_json(plan_path, plan)
     todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
     sink = ShardSink(root, {u.index: u for u in todo}, names, manifest_schema(stages), build_fp)
     runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
@@ -161,7 +233,8 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     if sink.pending:
         raise RuntimeError(f"units {sorted(sink.pending)} did not receive all their inputs")
     stats = [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
-    result = _summarise(stats, len(units), sink.written, len(units) - len(todo), time.perf_counter() - started)
+    result = _summarise(stats, len(units), sink.written, len(units) - len(todo), time.perf_counter() - started,
+                        skipped, seen)
     write_json(root / "run_summary.json", {
         **asdict(result), "balanced": result.balanced, "finished": datetime.now(timezone.utc).isoformat(),
         "config": cfg.model_dump(mode="json"), "stages": [f"{s.name}:{s.backend}@{s.version}" for s in stages],
@@ -169,16 +242,16 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     return result
 
 
-def _summarise(stats: list[dict[str, Any]], n_units: int, written: int, skipped: int,
-               seconds: float) -> BuildResult:
+def _summarise(stats: list[dict[str, Any]], n_units: int, written: int, units_skipped: int,
+               seconds: float, skipped: dict[str, int], seen: int) -> BuildResult:
     """Counts over every unit of the plan (written now or skipped as done), from their stats."""
     reasons: Counter[str] = Counter()
     for s in stats:
         reasons.update(s["reasons"])
     return BuildResult(inputs=sum(s["n_inputs"] for s in stats), accepted=sum(s["n_ok"] for s in stats),
                        rejected=sum(s["n_rejected"] for s in stats), errors=sum(s["n_error"] for s in stats),
-                       units_total=n_units, units_written=written, units_skipped=skipped,
-                       seconds=seconds, reasons=dict(sorted(reasons.items())))
+                       units_total=n_units, units_written=written, units_skipped=units_skipped,
+                       seconds=seconds, reasons=dict(sorted(reasons.items())), skipped=skipped, seen=seen)
 
 
 def _ms_per_image(stats: list[dict[str, Any]], names: list[str]) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
+from denseface.etl.readers import printable
 from denseface.etl.stages import stage_groups
 from denseface.shards.schema import Status, encode_members
 
@@ -32,8 +33,8 @@ def pack(item: Item, jpeg_quality: int) -> None:
 
 
 def sample_json(item: Item) -> dict[str, Any]:
-    meta = {"key": item.key, "identity": item.identity, "source": item.source,
-            "source_path": item.source_path, "versions": dict(sorted(item.versions.items()))}
+    meta = {"key": item.key, "identity": printable(item.identity), "source": item.source,
+            "source_path": printable(item.source_path), "versions": dict(sorted(item.versions.items()))}
     meta.update(item.fields)
     return meta
 

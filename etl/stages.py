@@ -17,6 +17,7 @@ from denseface.annotators.landmarks import Landmarks
 from denseface.annotators.pseudo_mask import PseudoMask
 from denseface.annotators.restore import Restore
 from denseface.config import BuildConfig
+from denseface.errors import ConfigError, MissingFileError
 from denseface.shards import schema
 
 STAGES: tuple[type[Stage], ...] = (
@@ -35,10 +36,15 @@ STAGES: tuple[type[Stage], ...] = (
 def build_stages(cfg: BuildConfig) -> list[Stage]:
     unknown = set(cfg.stages) - {s.name for s in STAGES}
     if unknown:
-        raise ValueError(f"config names unknown stages {sorted(unknown)}; stages are {[s.name for s in STAGES]}")
+        raise ConfigError(f"config names unknown stages {sorted(unknown)}; stages are {[s.name for s in STAGES]}")
     stages = [cls(cfg) for cls in STAGES]
     for stage in stages:
-        stage.check()  # missing weights etc. fail here, before any work starts
+        try:
+            stage.check()  # missing weights etc. fail here, before any work starts
+        except FileNotFoundError as exc:
+            raise MissingFileError(str(exc)) from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     return stages
 
 

@@ -35,11 +35,15 @@ NUM_LANDMARKS = 478
 ARRAY_MEMBERS = {"lmk": LMK, "depth": DEPTH, "mask": MASK, "id": ID, "latent": LATENT}
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# A ustar header holds a 100-byte name (the prefix field is only used at a '/', and keys
+# have none): "<key>.<longest member>" must fit.
+MAX_KEY_LEN = 100 - 1 - max(len(m) for m in (JPG, JSON, *ARRAY_MEMBERS.values()))
 
 
 def is_safe_key(key: str) -> bool:
-    """Keys become tar member names: no dots (webdataset splits on them), slashes or '..'."""
-    return bool(_KEY_RE.match(key)) and len(key) <= 200
+    """Keys become tar member names: no dots (webdataset splits on them), slashes or '..',
+    and short enough for a tar header."""
+    return bool(_KEY_RE.match(key)) and len(key) <= MAX_KEY_LEN
 
 
 # ---- member codecs ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from denseface.shards.schema import REQUIRED_MEMBERS, Status, is_safe_key
-from denseface.shards.writer import TMP_MARK, unit_paths
+from denseface.shards.writer import file_sha256, own_temporaries, unit_paths
 
 
 def tar_members(path: Path) -> dict[str, set[str]]:
@@ -28,8 +28,11 @@ def tar_members(path: Path) -> dict[str, set[str]]:
     return members
 
 
-def check_unit(root: Path, unit: int, fingerprint: str | None = None, build_fp: str | None = None) -> list[str]:
-    """Problems of one unit (empty = complete and consistent)."""
+def check_unit(root: Path, unit: int, fingerprint: str | None = None, build_fp: str | None = None,
+               checksums: bool = True) -> list[str]:
+    """Problems of one unit (empty = complete and consistent). ``checksums`` re-reads the tar
+    and manifest against the SHA-256 recorded when they were written (about 2 s per GB here:
+    docs/benchmarks.md), which finds bytes changed in place at an unchanged size."""
     paths = unit_paths(root, unit)
     if not paths["stats"].exists():
         return ["not written (no stats file)"]
@@ -49,6 +52,13 @@ def check_unit(root: Path, unit: int, fingerprint: str | None = None, build_fp: 
         return problems
     if paths["tar"].stat().st_size != stats.get("tar_bytes"):
         problems.append(f"tar size {paths['tar'].stat().st_size} != recorded {stats.get('tar_bytes')} (truncated?)")
+    if checksums:
+        for what in ("tar", "manifest"):
+            recorded = stats.get(f"{what}_sha256")
+            if recorded is None:
+                problems.append(f"no {what} checksum recorded (written by an older version)")
+            elif file_sha256(paths[what]) != recorded:
+                problems.append(f"{what} content changed since it was written (SHA-256 mismatch)")
     try:
         members = tar_members(paths["tar"])
     except (tarfile.TarError, ValueError, OSError) as exc:
@@ -86,10 +96,10 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_dataset(root: Path) -> VerifyReport:
-    """All units named by stats files or tars, plus stray temporary files."""
+def verify_dataset(root: Path, checksums: bool = True) -> VerifyReport:
+    """All units named by stats files or tars, plus the build's own stray temporary files."""
     report = VerifyReport()
-    for tmp in sorted(p for p in root.rglob(f"*{TMP_MARK}*") if p.is_file()):
+    for tmp in own_temporaries(root):
         report.problems[str(tmp.relative_to(root))] = ["stale temporary file (interrupted write)"]
     names = {p.stem for p in root.glob("shard-*.tar")} | {p.stem for p in (root / "stats").glob("shard-*.json")}
     plan = json.loads((root / "plan.json").read_text()) if (root / "plan.json").exists() else None
@@ -98,7 +108,8 @@ def verify_dataset(root: Path) -> VerifyReport:
     for name in sorted(names):
         unit = int(name.split("-")[1])
         fp = plan["fingerprints"][unit] if plan and unit < plan["n_units"] else None
-        problems = check_unit(root, unit, fingerprint=fp, build_fp=plan.get("build_fingerprint") if plan else None)
+        problems = check_unit(root, unit, fingerprint=fp, build_fp=plan.get("build_fingerprint") if plan else None,
+                              checksums=checksums)
         report.units += 1
         if problems:
             report.problems[name] = problems

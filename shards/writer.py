@@ -6,9 +6,11 @@ members are sorted by key, so the same inputs give the same bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -21,12 +23,34 @@ import pyarrow.parquet as pq
 from denseface.shards.schema import is_safe_key, shard_name
 
 TMP_MARK = ".tmp-"
+# Exactly the temporary names `atomic_write` gives the files a build writes, and where: a
+# build or verify touches no other file, whatever the user keeps in the folder.
+_OWN_TMP = {".": re.compile(r"(shard-\d{6}\.tar|plan\.json|run_summary\.json)\.tmp-\d+-[0-9a-f]{8}"),
+            "manifest": re.compile(r"shard-\d{6}\.parquet\.tmp-\d+-[0-9a-f]{8}"),
+            "stats": re.compile(r"shard-\d{6}\.json\.tmp-\d+-[0-9a-f]{8}")}
 
 
 def unit_paths(root: Path, unit: int) -> dict[str, Path]:
     name = shard_name(unit)
     return {"tar": root / f"{name}.tar", "manifest": root / "manifest" / f"{name}.parquet",
             "stats": root / "stats" / f"{name}.json"}
+
+
+def own_temporaries(root: Path) -> list[Path]:
+    """Half-written files a killed build left behind (only names this module makes)."""
+    found = []
+    for folder, pattern in _OWN_TMP.items():
+        d = root / folder
+        if d.is_dir() and not d.is_symlink():
+            found += [p for p in d.iterdir()
+                      if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+    return sorted(found)
+
+
+def file_sha256(path: Path) -> str:
+    """Content checksum recorded per shard file, so a change in place is found."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
@@ -67,5 +91,6 @@ def write_unit(root: Path, unit: int, samples: list[tuple[str, dict[str, bytes]]
     table = pa.Table.from_pylist(rows, schema=schema)
     atomic_write(paths["tar"], lambda fh: write_tar(fh, samples))
     atomic_write(paths["manifest"], lambda fh: pq.write_table(table, fh, compression="zstd"))
-    stats = dict(stats, tar_bytes=paths["tar"].stat().st_size)
+    stats = dict(stats, tar_bytes=paths["tar"].stat().st_size, tar_sha256=file_sha256(paths["tar"]),
+                 manifest_sha256=file_sha256(paths["manifest"]))
     write_json(paths["stats"], stats)

@@ -17,6 +17,7 @@ import webdataset as wds
 
 from denseface.cli import main
 from denseface.config import BuildConfig
+from denseface.errors import ConfigError
 from denseface.etl.build import build_dataset
 from denseface.shards.reader import read_manifest
 from denseface.shards.schema import NUM_LANDMARKS, decode_members, is_timing_column
@@ -111,11 +112,11 @@ def test_stale_temp_and_truncated_tar_are_flagged_then_repaired(tmp_path, sample
     reference = {p.name: p.read_bytes() for p in tmp_path.glob("shard-*.tar")}
     tar = tmp_path / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 3])
-    (tmp_path / "shard-000002.tar.tmp-123-abc").write_bytes(b"half")
+    (tmp_path / "shard-000002.tar.tmp-123-0badcafe").write_bytes(b"half")
     report = verify_dataset(tmp_path)
     assert not report.ok
     assert any("truncated" in p or "unreadable" in p for p in report.problems["shard-000001"])
-    assert "stale temporary" in report.problems["shard-000002.tar.tmp-123-abc"][0]
+    assert "stale temporary" in report.problems["shard-000002.tar.tmp-123-0badcafe"][0]
     result = build_dataset(cfg, progress=False)
     assert result.units_written == 1
     assert verify_dataset(tmp_path).ok
@@ -156,6 +157,6 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path, sample_casia):
 
 
 def test_missing_weights_or_bad_config_fail_before_work(tmp_path, sample_casia):
-    with pytest.raises(ValueError, match="unknown stages"):
+    with pytest.raises(ConfigError, match="unknown stages"):
         build_dataset(_cfg(tmp_path / "o", f"casia:{sample_casia}", stages={"nonsense": {}}), progress=False)
     assert not (tmp_path / "o").exists()

@@ -32,3 +32,11 @@ def test_fingerprint_changes_with_inputs():
     recs = [_rec("a", f"a/{i}.jpg") for i in range(4)]
     fp = make_plan(recs, 4)[0].fingerprint
     assert make_plan(recs[:3] + [_rec("a", "a/9.jpg")], 4)[0].fingerprint != fp
+
+
+def test_keys_stay_unique_when_a_name_mimics_a_hashed_key():
+    clash = [_rec("p", "p/x.jpg", "casia"), _rec("p", "p/x.jpg", "folder")]
+    hashed = [p.key for u in make_plan(clash, 10) for p in u.inputs]
+    mimic = _rec("p", f"{hashed[0].replace('-', '/', 1)}.jpg", "casia")
+    keys = [p.key for u in make_plan(clash + [mimic], 10) for p in u.inputs]
+    assert len(set(keys)) == 3 and all(is_safe_key(k) for k in keys)

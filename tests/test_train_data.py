@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from denseface.errors import UserError
+
 from denseface.shards.reader import iter_samples
-from denseface.train.data import (CorruptSampleWarning, DataState, SampleToTensors, collate, make_loader,
+from denseface.train.data import (BadShardError, CorruptSampleWarning, DataState, SampleToTensors, collate, make_loader,
                                   make_pipeline, resolve_urls)
 from denseface.train.identity_index import IdentityIndex, fingerprint
 from denseface.train.synthetic import write_synthetic_dataset
@@ -145,8 +147,23 @@ def test_resolve_urls(dataset):
     assert resolve_urls(f"{dataset}/shard-{{000000..000001}}.tar") == folder
     assert resolve_urls([f"{dataset}/shard-*.tar"]) == folder
     assert resolve_urls("pipe:cat x.tar") == ["pipe:cat x.tar"]
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="no shard"):
         resolve_urls(str(dataset / "manifest"))
+    with pytest.raises(UserError, match="not found"):
+        resolve_urls(str(dataset / "shard-000009.tar"))
+
+
+def test_truncated_shard_is_named_then_stops_or_is_skipped(dataset, tmp_path):
+    import shutil
+
+    for tar in dataset.glob("shard-*.tar"):
+        shutil.copy(tar, tmp_path / tar.name)
+    broken = tmp_path / "shard-000001.tar"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    with pytest.raises(BadShardError, match=f"shard {broken} is unreadable .*ReadError.*--skip-bad-shards"):
+        resolve_urls(str(tmp_path))
+    with pytest.warns(CorruptSampleWarning, match="skipped 1 of 2 shard"):
+        assert resolve_urls(str(tmp_path), bad_shards="skip") == [str(tmp_path / "shard-000000.tar")]
 
 
 def test_cached_latents_replace_the_image(tmp_path):

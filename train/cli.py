@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from denseface.errors import UserError
+
 
 def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train Dense-Face on shards (tiny offline model, or SD 2.1 with --pretrained)")
@@ -36,13 +38,15 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("--synthetic", action="store_true",
                    help="first write a synthetic dataset (every member) into the single --data folder if it has "
                         "no shards: a demo that needs no annotation models")
+    t.add_argument("--skip-bad-shards", dest="bad_shards", action="store_const", const="skip",
+                   help="leave out (and count) unreadable shards instead of stopping with their name")
     t.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     t.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     t.set_defaults(func=run_train)
     return t
 
 
-FIELDS = ("data", "pretrained", "output_dir", "resume", "steps", "batch_size", "lr", "resolution", "num_workers",
+FIELDS = ("data", "bad_shards", "pretrained", "output_dir", "resume", "steps", "batch_size", "lr", "resolution", "num_workers",
           "mixed_precision", "gradient_checkpointing", "caption_dropout", "lambda_landmarks", "lambda_mask",
           "lambda_depth", "seed", "log_every", "checkpoint_every", "validate_every", "tensorboard", "progress")
 
@@ -60,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
         from denseface.train.synthetic import write_synthetic_dataset
 
         if len(cfg.data) != 1:
-            raise SystemExit("--synthetic needs exactly one --data folder")
+            raise UserError("--synthetic needs exactly one --data folder")
         root = Path(cfg.data[0])
         if not shard_paths(root):
             write_synthetic_dataset(root, identities=4, per_identity=6, shards=2)

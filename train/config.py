@@ -22,6 +22,7 @@ class TrainConfig(BaseModel):
     val_data: list[str] | None = None  # None: the first samples of `data`, in order
     id_index: Path | None = None  # identity index folder; None: cached under the dense-face cache
     num_workers: int = Field(4, ge=0)
+    bad_shards: Literal["stop", "skip"] = "stop"  # an unreadable local shard: stop naming it, or skip + count
     shuffle_buffer: int = Field(1000, ge=1)
     chunk_shards: int = Field(4, ge=1)  # shards per shuffle chunk (bounds the re-read on resume)
     use_latents: bool = True  # take latent.npy when a sample has one, instead of running the VAE

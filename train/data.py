@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import glob
+import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
+from denseface.errors import UserError
 from denseface.shards.reader import shard_paths
 from denseface.shards.schema import DEPTH, ID, JPG, JSON, LATENT, LMK, MASK, decode_members
 from denseface.train.identity_index import IdentityIndex
@@ -53,16 +55,55 @@ class CorruptSampleWarning(UserWarning):
     """A sample was skipped because it cannot become a training example."""
 
 
-def resolve_urls(data: Sequence[str] | str) -> list[str]:
+class BadShardError(UserError):
+    """A shard that cannot be read (truncated, not a tar): names the shard and the problem."""
+
+
+def shard_problem(url: str) -> str:
+    """Why a local shard cannot be read ('' = its tar headers read to the end; remote URLs
+    are not opened here). Only headers are read (seeks over the data), so this is cheap."""
+    path = Path(url[5:] if url.startswith("file:") else url)
+    if "://" in url or url.startswith("pipe:"):
+        return ""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for _ in tar:
+                pass
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def usable_shards(urls: Sequence[str], bad_shards: str = "stop") -> list[str]:
+    """The shards to train on. A broken local shard stops the run with a message naming it
+    (``bad_shards="stop"``, the default) or is left out, warned about and counted ("skip")."""
+    problems = {u: p for u in urls if (p := shard_problem(u))}
+    if problems and bad_shards == "stop":
+        url, problem = next(iter(problems.items()))
+        raise BadShardError(f"shard {url} is unreadable ({problem}); {len(problems)} of {len(urls)} shard(s) are "
+                            f"broken. Repair it (denseface build-dataset re-run) or train with --skip-bad-shards")
+    for url, problem in problems.items():
+        warnings.warn(f"skipping unreadable shard {url}: {problem}", CorruptSampleWarning, stacklevel=2)
+    if problems:
+        warnings.warn(f"skipped {len(problems)} of {len(urls)} shard(s) as unreadable", CorruptSampleWarning,
+                      stacklevel=2)
+    good = [u for u in urls if u not in problems]
+    if not good:
+        raise BadShardError(f"none of the {len(urls)} shard(s) can be read (first: {urls[0]})")
+    return good
+
+
+def resolve_urls(data: Sequence[str] | str, bad_shards: str = "stop") -> list[str]:
     """Shard URLs from dataset folders (their ``shard-*.tar``), brace patterns
-    (``shard-{000000..000009}.tar``), local globs, or pipe:/fsspec URLs taken as they are."""
+    (``shard-{000000..000009}.tar``), local globs, or pipe:/fsspec URLs taken as they are;
+    broken local shards are handled as `usable_shards` says."""
     out: list[str] = []
     for item in [data] if isinstance(data, str) else data:
         item = str(item)
         if "://" not in item and not item.startswith("pipe:") and Path(item).is_dir():
             found = [str(p) for p in shard_paths(Path(item))]
             if not found:
-                raise FileNotFoundError(f"no shard-*.tar in {item}")
+                raise UserError(f"no shard-*.tar in {item}")
             out += found
         elif "{" in item:
             out += expand_urls(item)
@@ -71,8 +112,12 @@ def resolve_urls(data: Sequence[str] | str) -> list[str]:
         else:
             out.append(item)
     if not out:
-        raise FileNotFoundError(f"no shards in {data!r}")
-    return out
+        raise UserError(f"no shards in {data!r}")
+    missing = [u for u in out if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()]
+    if missing:
+        raise UserError(f"training data not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
+                                                                      if len(missing) > 1 else ""))
+    return usable_shards(out, bad_shards)
 
 
 @dataclass

@@ -114,8 +114,8 @@ class Trainer:
         mode = cfg.heatmaps_on
         self.heatmaps_in_loader = mode == "loader" or (mode == "auto" and self.head_size <= LOADER_HEATMAP_MAX)
 
-        self.urls = resolve_urls(cfg.data)
-        self.val_urls = resolve_urls(cfg.val_data) if cfg.val_data else self.urls
+        self.urls = resolve_urls(cfg.data, cfg.bad_shards)
+        self.val_urls = resolve_urls(cfg.val_data, cfg.bad_shards) if cfg.val_data else self.urls
         with acc.local_main_process_first():  # one process per node builds the cached index
             self.index = IdentityIndex.load_or_build(self.urls, cfg.id_index)
         overrides = dict(cfg.model)
