@@ -41,6 +41,7 @@ class DenseFaceConfig:
     id_dim: int = 512  # 512 ArcFace, 128 dlib
     id_hidden: int = 1024
     id_scale: float = 1e-2  # lambda in Eq. 4
+    id_projector: str = "mlp"  # "mlp" (paper) | "linear_bn" (released code: Linear without bias + BatchNorm1d)
     anchor_word: str = "face"  # the paper's "Face"; the released code anchors on "person"
     placeholder: str = "*"  # the identity token's word in prompts (one token of the tokenizer)
     prompt_template: str = "{placeholder} {prompt}"  # where the placeholder goes when a prompt lacks it
@@ -97,7 +98,8 @@ class DenseFace(nn.Module):
         self.pose_branch = PoseBranch(unet, zero_conv=config.zero_conv, attention=config.pose_attention,
                                       pose_embed_channels=config.pose_embed_channels)
         anchor = word_embedding(text_encoder, tokenizer, config.anchor_word)
-        self.identity = IdentityMLP(anchor, id_dim=config.id_dim, hidden_dim=config.id_hidden, scale=config.id_scale)
+        self.identity = IdentityMLP(anchor, id_dim=config.id_dim, hidden_dim=config.id_hidden, scale=config.id_scale,
+                                    projector=config.id_projector)
         self.pc_adapter: PCAdapter = install_pc_adapter(unet)
         self.dense_heads = DenseHeads.for_unet(
             unet, config.head_blocks, n_landmarks=config.n_landmarks, n_mask_classes=config.n_mask_classes,

@@ -73,8 +73,15 @@ class IdentityPrompt:
         return prompt.replace(self.placeholder, self.anchor_word)
 
 
+PROJECTORS = ("mlp", "linear_bn")
+
+
 class IdentityMLP(nn.Module):
-    """Maps identity embeddings (B, d) to identity tokens c' (B, k) in the input embedding space."""
+    """Maps identity embeddings (B, d) to identity tokens c' (B, k) in the input embedding space.
+
+    `projector`: "mlp" (Linear, GELU, Linear: the paper's MLP) or "linear_bn" (a Linear without
+    bias then BatchNorm1d with running statistics: the released code's `projector` + `projector_norm`).
+    """
 
     def __init__(
         self,
@@ -82,14 +89,20 @@ class IdentityMLP(nn.Module):
         id_dim: int = 512,
         hidden_dim: int = 1024,
         scale: float = 1e-2,
+        projector: str = "mlp",
     ) -> None:
         """`anchor_embedding`: e(anchor word), shape (k,), k = text-encoder width; id_dim 128 dlib / 512 ArcFace."""
         super().__init__()
         if anchor_embedding.ndim != 1:
             raise ValueError(f"anchor_embedding must be (k,), got {tuple(anchor_embedding.shape)}")
+        if projector not in PROJECTORS:
+            raise ValueError(f"identity projector must be one of {PROJECTORS}, got {projector!r}")
         k = anchor_embedding.shape[0]
         self.id_dim, self.scale = id_dim, scale
-        self.mlp = nn.Sequential(nn.Linear(id_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, k))
+        if projector == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(id_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, k))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(id_dim, k, bias=False), nn.BatchNorm1d(k))
         self.register_buffer("anchor_embedding", anchor_embedding.detach().clone().float())
 
     def forward(self, id_emb: torch.Tensor) -> torch.Tensor:

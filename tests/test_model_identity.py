@@ -109,3 +109,23 @@ def test_old_identity_checkpoints_are_refused(tmp_path):
     (tmp_path / "ckpt" / CONFIG_NAME).write_text(json.dumps(info))
     with pytest.raises(ValueError, match="identity format 1.*retrain"):
         DenseFace.from_trained(sd, tmp_path / "ckpt")
+
+
+@torch.no_grad()
+def test_released_linear_batchnorm_projector():
+    _, model = _model(replace(CFG, id_projector="linear_bn", anchor_word="person"))
+    proj, norm = model.identity.mlp
+    assert proj.bias is None and isinstance(norm, torch.nn.BatchNorm1d)
+    assert sorted(model.identity.state_dict()) == sorted(
+        ["anchor_embedding", "mlp.0.weight", "mlp.1.weight", "mlp.1.bias", "mlp.1.running_mean",
+         "mlp.1.running_var", "mlp.1.num_batches_tracked"])
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    norm.weight.uniform_(0.5, 2)
+    model.eval()
+    ids = _ids(2, 5)
+    bn = (ids @ proj.weight.T - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    person = model.text_encoder.get_input_embeddings().weight[model.tokenizer("person", add_special_tokens=False).input_ids[0]]
+    torch.testing.assert_close(model.identity(ids), person + 0.01 * bn)
+    with pytest.raises(ValueError, match="projector"):
+        IdentityMLP(person, projector="mlp2")
