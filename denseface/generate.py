@@ -532,11 +532,11 @@ class DenseFaceGenerator:
         pose = pose.to(self.device, self.sd.unet.dtype)
         text = torch.cat([uncond, cond]) if cfg else cond
         n = 2 if cfg else 1
-        pose = pose.expand(n, -1, -1, -1)
+        pose, c_id = pose.expand(n, -1, -1, -1), c_id.expand(n, -1)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([z] * n)
-            eps, _ = self.model(x, t, text, pose_image=pose, mode="G2", return_dense=False)
+            eps, _ = self.model(x, t, text, pose_image=pose, mode="G2", return_dense=False, id_emb=c_id)
             if cfg:
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + guidance * (e_c - e_u)

@@ -47,6 +47,9 @@ class DenseFaceConfig:
     prompt_template: str = "{placeholder} {prompt}"  # where the placeholder goes when a prompt lacks it
     zero_conv: bool = True  # pose-branch outputs through zero-initialised 1x1 convs; False: the paper's raw features
     pose_attention: bool = True  # False: the released code's attention-free pose branch (no text input)
+    adapter_layers: str = "cross"  # "cross" (paper) | "all": self-attention too (released code)
+    adapter_scale: float = 1.0  # the released code scales the adapter residuals by 0.01
+    adapter_query_from_identity: bool = False  # released code: q residual = W'_q(feat_to_q(c_id)) outside the mid block
     pose_embed_channels: tuple[int, ...] = (16, 32, 96, 256)  # 4 entries -> pose image 8x latent
     head_blocks: tuple[int, ...] | None = None  # UNet up blocks feeding the heads; None = all
     head_hidden: int = 128
@@ -100,7 +103,8 @@ class DenseFace(nn.Module):
         anchor = word_embedding(text_encoder, tokenizer, config.anchor_word)
         self.identity = IdentityMLP(anchor, id_dim=config.id_dim, hidden_dim=config.id_hidden, scale=config.id_scale,
                                     projector=config.id_projector)
-        self.pc_adapter: PCAdapter = install_pc_adapter(unet)
+        self.pc_adapter: PCAdapter = install_pc_adapter(
+            unet, config.adapter_layers, config.adapter_scale, config.id_dim if config.adapter_query_from_identity else None)
         self.dense_heads = DenseHeads.for_unet(
             unet, config.head_blocks, n_landmarks=config.n_landmarks, n_mask_classes=config.n_mask_classes,
             hidden=config.head_hidden, out_size=config.head_out_size,
@@ -184,9 +188,10 @@ class DenseFace(nn.Module):
         pose_image: torch.Tensor | None = None,
         mode: Mode = "G2",
         return_dense: bool = True,
+        id_emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """noisy_latents (B,4,h,w), text_emb (B,n,k) from `encode_text` (with c_id in G2),
-        pose_image (B,3,8h,8w) in [0,1].
+        pose_image (B,3,8h,8w) in [0,1]; id_emb (B, id_dim) only for `adapter_query_from_identity`.
 
         Returns eps (B,4,h,w) and, in G2, dense = {"landmarks": (B,478,H,W), "mask": (B,10,H,W) logits,
         "depth": (B,1,H,W)} with H = W = head_out_size or h.
@@ -195,6 +200,9 @@ class DenseFace(nn.Module):
             raise ValueError(f"mode must be 'G1' or 'G2', got {mode!r}")
         if mode == "G2" and pose_image is None:
             raise ValueError("mode G2 needs pose_image")
+        if mode == "G2" and self.pc_adapter.takes_identity and id_emb is None:
+            raise ValueError("this model's PC-adapter takes its query from the identity (adapter_query_from_identity): "
+                             "G2 needs id_emb")
         previous = self.mode
         try:  # the mode holds for this call only; the bare UNet keeps whatever set_mode chose
             self.set_mode(mode)
@@ -203,6 +211,8 @@ class DenseFace(nn.Module):
             down, mid = self.pose_branch(noisy_latents, timesteps, text_emb, pose_image)
             dtype = self.unet.dtype
             self.dense_heads.capturing = return_dense
+            if self.pc_adapter.takes_identity:  # kept after the call: gradient checkpointing recomputes in backward
+                self.pc_adapter.set_identity(id_emb)
             eps = self.unet(
                 noisy_latents,
                 timesteps,

@@ -221,7 +221,7 @@ class Trainer:
             latents.shape[0], self.noise_scheduler.config.num_train_timesteps, generator, latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         with self.accelerator.autocast():
-            pred, dense = model(noisy, t, text, batch["pose_image"], mode="G2")
+            pred, dense = model(noisy, t, text, batch["pose_image"], mode="G2", id_emb=batch["id_emb"])
         target = diffusion_target(self.noise_scheduler, latents, noise, t)
         terms = dense_face_loss(pred, target, dense, self.heatmaps(batch), batch["mask"], batch["depth"], self.weights)
         return terms, dense
