@@ -20,6 +20,12 @@ Two backends, chosen by ``stages.identity.backend``:
   ``input_std`` (default 127.5 each; mxnet-converted models that normalise inside the graph
   want 0 and 1) and ``eyes`` (``"iris"``, default, or ``"corners"``, see `five_points`).
 
+* ``irse50``: the ArcFace IR-SE50 network of the released Dense-Face code (512-d,
+  `denseface.model.irse50`), in torch, from the local path ``weights``: ``model_ir_se50.pth``
+  or the released Dense-Face checkpoint itself (its ``id_loss_func.facenet.*`` keys), loaded
+  strictly with ``weights_only``. Input: the same 112 px five-point crop as ``arcface``, scaled
+  to [-1, 1]; on the GPU when the stage has ``num_gpus > 0`` and CUDA is there. Option: ``eyes``.
+
 The five points come from mediapipe's landmarks (`MP_FIVE_POINTS`), in insightface's order
 (image left to right, as the detectors RetinaFace/SCRFD give them):
 
@@ -64,8 +70,8 @@ DLIB_RECOGNITION = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE_5 = "shape_predictor_5_face_landmarks.dat"
 DLIB_FILES = (DLIB_RECOGNITION, DLIB_SHAPE_5)
 
-BACKENDS = ("dlib", "arcface")
-OPTIONS = {"dlib": {"num_jitters", "padding"}, "arcface": {"input_mean", "input_std", "eyes"}}
+BACKENDS = ("dlib", "arcface", "irse50")
+OPTIONS = {"dlib": {"num_jitters", "padding"}, "arcface": {"input_mean", "input_std", "eyes"}, "irse50": {"eyes"}}
 
 
 def resolve_backend(backend: str) -> str:
@@ -254,6 +260,26 @@ class ArcFaceOnnx:
         return np.concatenate(outs).astype(np.float64)
 
 
+class IRSE50Torch:
+    """The released code's IR-SE50 in torch: (N, 112, 112, 3) RGB crops -> (N, 512)."""
+
+    size = ARCFACE_SIZE
+
+    def __init__(self, path: Path, use_gpu: bool = False) -> None:
+        import torch
+
+        from denseface.model.irse50 import load_irse50
+
+        self._torch = torch
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.net = load_irse50(path, self.device)
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        blob = self._torch.from_numpy(arcface_blob(crops)).to(self.device)
+        with self._torch.no_grad():
+            return self.net(blob).cpu().double().numpy()
+
+
 # ---- stage -------------------------------------------------------------------------------
 
 class Identity(Stage):
@@ -264,7 +290,7 @@ class Identity(Stage):
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
         super().__init__(build, conf)
         self.backend = resolve_backend(self.conf.backend)
-        self._model: DlibDescriptor | ArcFaceOnnx | None = None
+        self._model: DlibDescriptor | ArcFaceOnnx | IRSE50Torch | None = None
 
     def _option(self, key: str, default: Any) -> Any:
         return self.conf.options.get(key, default)
@@ -276,6 +302,8 @@ class Identity(Stage):
                              f"known: {sorted(OPTIONS[self.backend])}")
         if self.backend == "dlib":
             self._check_dlib()
+        elif self.backend == "irse50":
+            self._check_irse50()
         else:
             self._check_arcface()
 
@@ -311,8 +339,20 @@ class Identity(Stage):
         if float(self._option("input_std", 127.5)) == 0:
             raise ValueError("identity option input_std must not be 0")
 
+    def _check_irse50(self) -> None:
+        how = ("set stages.identity.weights to a local model_ir_se50.pth (the ArcFace IR-SE50 of "
+               "TreB1eN/InsightFace_Pytorch) or to the released Dense-Face checkpoint that holds it")
+        path = Path(self.conf.weights).expanduser() if self.conf.weights else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"identity backend irse50 needs weights: {path or 'stages.identity.weights is unset'}"
+                                    f"{' not found' if path else ''}; {how}")
+        if self._option("eyes", "iris") not in MP_FIVE_POINTS:
+            raise ValueError(f"identity option eyes must be one of {sorted(MP_FIVE_POINTS)}, got {self._option('eyes', 'iris')!r}")
+
     def setup(self) -> None:
-        if self.backend == "dlib":
+        if self.backend == "irse50":
+            self._model = IRSE50Torch(Path(self.conf.weights).expanduser(), use_gpu=self.conf.num_gpus > 0)
+        elif self.backend == "dlib":
             self._model = DlibDescriptor(dlib_weights_dir(self.conf.weights),
                                          num_jitters=int(self._option("num_jitters", 0)),
                                          padding=float(self._option("padding", 0.25)))

@@ -141,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_manifest_query)
 
     g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
-    g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face')")
+    g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face'); "
+                   "write * where the identity goes (default: in front; see README)")
     g.add_argument("--reference", type=Path, required=True, help="photo of the identity to generate")
     g.add_argument("--target", type=Path, help="face swap: repaint the face of this photo instead of a G1 image")
     g.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")

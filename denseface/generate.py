@@ -65,7 +65,7 @@ from denseface.annotators.decode import decode_image
 from denseface.annotators.detect_align import FaceDetector, choose_face, crop_transform, ffhq_quad, warp_face
 from denseface.config import BuildConfig, StageConfig
 from denseface.model.dense_face import CONFIG_NAME, DenseFace, DenseFaceConfig
-from denseface.model.tiny_sd import SDComponents, build_tiny_sd, encode_prompt, load_sd
+from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
 
 log = logging.getLogger(__name__)
 
@@ -443,9 +443,14 @@ class DenseFaceGenerator:
                              f"{self.model.config.id_dim}-d (its config id_dim): train and generate with one backend")
         return emb
 
-    def _text(self, prompt: str, negative_prompt: str, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cond = encode_prompt(self.sd, [prompt]).to(self.sd.unet.dtype)
-        uncond = encode_prompt(self.sd, [negative_prompt]).to(self.sd.unet.dtype) if cfg else None
+    def _text(self, prompt: str, negative_prompt: str, cfg: bool,
+              c_id: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond, uncond). With ``c_id`` (G2) the prompt carries the identity token; the CFG
+        unconditional branch is always the plain negative prompt, without identity, as a dropped
+        training caption (`denseface.model.identity`), so guidance strengthens text and identity."""
+        m, dtype = self.model, self.sd.unet.dtype
+        cond = m.encode_text([m.prompt_for(prompt, identity=c_id is not None)], c_id).to(dtype)
+        uncond = m.encode_text([m.prompt_for(negative_prompt, identity=False)]).to(dtype) if cfg else None
         return cond, uncond
 
     def _cfg(self, guidance: float) -> bool:
@@ -511,27 +516,27 @@ class DenseFaceGenerator:
         """G2 with latent blending on the region's crop: (face crop uint8, z0, z_bg_init, latent mask).
 
         ``strength`` < 1 starts at an earlier (less noisy) timestep, img2img-style; 1 = Fig. 7's k.
-        The unconditional CFG branch is the negative prompt with the same identity and pose."""
+        The unconditional CFG branch is the plain negative prompt (no identity token) with the same pose."""
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         cfg = self._cfg(guidance)
-        cond, uncond = self._text(prompt, negative_prompt, cfg)
+        c_id = torch.from_numpy(np.asarray(id_embedding, np.float32))[None].to(self.device)
+        cond, uncond = self._text(prompt, negative_prompt, cfg, c_id)
         z_bg_init = self.encode(region.crop)
         h, w = z_bg_init.shape[-2:]
         lmask = latent_mask_from(region.mask, (h, w))
         m = torch.from_numpy(lmask)[None, None].to(self.device)
         pose = torch.from_numpy(region.pose_image()).permute(2, 0, 1)[None].float().div(255.0)
         pose = pose.to(self.device, self.sd.unet.dtype)
-        c_id = torch.from_numpy(np.asarray(id_embedding, np.float32))[None].to(self.device)
         text = torch.cat([uncond, cond]) if cfg else cond
         n = 2 if cfg else 1
-        c_id, pose = c_id.expand(n, -1), pose.expand(n, -1, -1, -1)
+        pose, c_id = pose.expand(n, -1, -1, -1), c_id.expand(n, -1)
 
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = torch.cat([z] * n)
-            eps, _ = self.model(x, t, text, id_emb=c_id, pose_image=pose, mode="G2", return_dense=False)
+            eps, _ = self.model(x, t, text, pose_image=pose, mode="G2", return_dense=False, id_emb=c_id)
             if cfg:
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + guidance * (e_c - e_u)

@@ -1,7 +1,10 @@
 """PC-adapter (paper §3.2, Eq. 6): trainable q', k', v' residual projections in every cross-attention.
 
 q = W_q f + W'_q f,  k = (W_k + W'_k)[c; c'],  v = (W_v + W'_v)[c; c'].  W' starts at zero, so at
-init G2 attention equals SD's. Why a processor that is *not* an nn.Module: the adapter weights live
+init G2 attention equals SD's. Options reproduce the released code's variant: adapters on self- as
+well as cross-attention (`layers="all"`), the residuals scaled by `scale` (0.01 there), and the query
+residual taken from the identity, W'_q(F(c_id)) with F = `feat_to_q`, the same at every pixel
+(`query_from_identity`; the mid block's layers keep W'_q f, as they get no c_id there). Why a processor that is *not* an nn.Module: the adapter weights live
 in the returned `PCAdapter` (owned by DenseFace), so the frozen UNet's parameters and state_dict stay
 exactly SD's, and mode G1 simply calls the UNet's original processor (bit-identical to plain SD).
 """
@@ -19,7 +22,9 @@ from torch import nn
 class PCAdapterProjections(nn.Module):
     """The three zero-initialised residual projections of one cross-attention layer."""
 
-    def __init__(self, query_dim: int, cross_dim: int, inner_dim: int, kv_inner_dim: int | None = None) -> None:
+    def __init__(self, query_dim: int, cross_dim: int, inner_dim: int, kv_inner_dim: int | None = None,
+                 id_dim: int | None = None) -> None:
+        """`id_dim`: also a `feat_to_q` (c_id -> a query-sized feature), for the identity query path."""
         super().__init__()
         kv_inner_dim = inner_dim if kv_inner_dim is None else kv_inner_dim
         self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
@@ -27,6 +32,7 @@ class PCAdapterProjections(nn.Module):
         self.to_v = nn.Linear(cross_dim, kv_inner_dim, bias=False)
         for lin in (self.to_q, self.to_k, self.to_v):
             nn.init.zeros_(lin.weight)
+        self.feat_to_q = nn.Linear(id_dim, query_dim, bias=False) if id_dim else None
 
     @staticmethod
     def _delta(lin: nn.Linear, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -37,10 +43,12 @@ class PCAdapterProjections(nn.Module):
 class PCAdapterAttnProcessor:
     """Cross-attention processor with a run-time switch: off = original processor, on = Eq. 6."""
 
-    def __init__(self, original: Any, proj: PCAdapterProjections) -> None:
+    def __init__(self, original: Any, proj: PCAdapterProjections, scale: float = 1.0) -> None:
         self.original = original
         self.proj = proj
+        self.scale = scale
         self.enabled = False
+        self.identity: torch.Tensor | None = None  # c_id (B, id_dim) for the feat_to_q path, set by each G2 forward
 
     def __call__(
         self,
@@ -86,17 +94,22 @@ class PCAdapterAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        p = self.proj
+        p, s = self.proj, self.scale
         query = attn.to_q(hidden_states)
-        query = query + p._delta(p.to_q, hidden_states, query)
+        query_source = hidden_states
+        if p.feat_to_q is not None:
+            if self.identity is None:
+                raise ValueError("this PC-adapter takes its query from the identity: pass id_emb to DenseFace.forward")
+            query_source = p.feat_to_q(self.identity.to(p.feat_to_q.weight.dtype))[:, None, :]  # every pixel
+        query = query + s * p._delta(p.to_q, query_source, query)
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         key = attn.to_k(encoder_hidden_states)
-        key = key + p._delta(p.to_k, encoder_hidden_states, key)
+        key = key + s * p._delta(p.to_k, encoder_hidden_states, key)
         value = attn.to_v(encoder_hidden_states)
-        value = value + p._delta(p.to_v, encoder_hidden_states, value)
+        value = value + s * p._delta(p.to_v, encoder_hidden_states, value)
 
         inner_dim = key.shape[-1]
         head_dim = inner_dim // attn.heads
@@ -138,20 +151,34 @@ class PCAdapter(nn.ModuleDict):
         for proc in self._processors:
             proc.enabled = enabled
 
+    @property
+    def takes_identity(self) -> bool:
+        return any(proc.proj.feat_to_q is not None for proc in self._processors)
+
+    def set_identity(self, id_emb: torch.Tensor) -> None:
+        """c_id for the layers whose query comes from the identity."""
+        for proc in self._processors:
+            proc.identity = id_emb
+
 
 def _is_cross_attention(name: str, attn: Attention) -> bool:
     return name.endswith("attn2") or bool(getattr(attn, "is_cross_attention", False))
 
 
-def install_pc_adapter(unet: nn.Module) -> PCAdapter:
-    """Wrap every cross-attention processor of `unet`; self-attention keeps its processor.
+def install_pc_adapter(unet: nn.Module, layers: str = "cross", scale: float = 1.0,
+                       id_dim: int | None = None) -> PCAdapter:
+    """Wrap every cross-attention processor of `unet` (`layers="all"`: self-attention too).
 
-    Returns the adapter (disabled, i.e. G1); its parameters are the only new trainable weights.
+    `scale` multiplies the residuals; `id_dim` gives the layers outside the mid block a `feat_to_q`
+    (the query from c_id). Returns the adapter (disabled, i.e. G1); its parameters are the only new
+    trainable weights.
     """
+    if layers not in ("cross", "all"):
+        raise ValueError(f"PC-adapter layers must be 'cross' or 'all', got {layers!r}")
     projections: dict[str, PCAdapterProjections] = {}
     processors: list[PCAdapterAttnProcessor] = []
     for name, module in unet.named_modules():
-        if not isinstance(module, Attention) or not _is_cross_attention(name, module):
+        if not isinstance(module, Attention) or (layers == "cross" and not _is_cross_attention(name, module)):
             continue
         if isinstance(module.processor, PCAdapterAttnProcessor):
             raise RuntimeError(f"PC-adapter already installed on {name}; call remove_pc_adapter first")
@@ -161,13 +188,14 @@ def install_pc_adapter(unet: nn.Module) -> PCAdapter:
             cross_dim=module.to_k.in_features,
             inner_dim=module.to_q.out_features,
             kv_inner_dim=module.to_k.out_features,
+            id_dim=None if name.startswith("mid_block.") else id_dim,
         ).to(device=ref.device)
-        proc = PCAdapterAttnProcessor(module.processor, proj)
+        proc = PCAdapterAttnProcessor(module.processor, proj, scale)
         module.set_processor(proc)
         projections[name.replace(".", "_")] = proj
         processors.append(proc)
     if not processors:
-        raise ValueError("install_pc_adapter: the UNet has no cross-attention layers")
+        raise ValueError(f"install_pc_adapter: the UNet has no {'attention' if layers == 'all' else 'cross-attention'} layers")
     return PCAdapter(projections, processors)
 
 

@@ -1,10 +1,15 @@
 """Pose branch (paper §3.2): a trainable copy of the UNet's first half driven by the head-pose image.
 
-Built on diffusers' ControlNetModel.from_unet (the paper builds on ControlNet): conv_in, time
-embedding, down blocks and mid block are copied from the UNet; a small conv encoder maps the
-3-channel pose image (image resolution, 8x the latent) to conv_in's width and adds it there.
-Its down/mid features are added to the frozen UNet's skips. The paper drops ControlNet's
-zero-convolutions (similar results, Sec. 3.2), so by default the residuals are the raw features.
+Built on diffusers' ControlNetModel (the paper builds on ControlNet): conv_in, time embedding,
+down blocks and mid block are copied from the UNet; a small conv encoder maps the 3-channel pose
+image (image resolution, 8x the latent) to conv_in's width and adds it there. Its down/mid
+features are added to the frozen UNet's skips.
+
+Why zero-convolutions by default (`zero_conv=True`, as the released code): they start every
+residual at zero, so an untrained G2 is SD with the identity token. The paper's variant without
+them (`zero_conv=False`) adds the raw copied features, about doubling every skip at step 0.
+`attention=False` is the released code's branch: ResNet down blocks and an attention-free mid
+block (DownBlock2D / UNetMidBlock2D), so it takes no text; its ResNets still start as the UNet's.
 """
 
 from __future__ import annotations
@@ -14,25 +19,37 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 
+def attention_free_copy(unet: UNet2DConditionModel, **kw) -> ControlNetModel:
+    """ControlNet of `unet`'s shape with DownBlock2D / UNetMidBlock2D; every weight it shares with
+    the UNet (conv_in, time embedding, ResNets, downsamplers, the mid block's first ResNet) copied."""
+    config = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **kw).config
+    net = ControlNetModel.from_config({**config, "down_block_types": ("DownBlock2D",) * len(config.down_block_types),
+                                       "mid_block_type": "UNetMidBlock2D"})
+    source = unet.state_dict()
+    copied = {k: source[k] for k in net.state_dict() if k in source and source[k].shape == net.state_dict()[k].shape}
+    net.load_state_dict(copied, strict=False)
+    return net
+
+
 class PoseBranch(nn.Module):
     """ControlNet-like encoder copy; forward returns (down_residuals, mid_residual) for the UNet."""
 
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        zero_conv: bool = False,
+        zero_conv: bool = True,
+        attention: bool = True,
         pose_embed_channels: tuple[int, ...] = (16, 32, 96, 256),
         pose_channels: int = 3,
     ) -> None:
         """`pose_embed_channels`: widths of the pose encoder; len-1 stride-2 stages (4 entries -> 8x down)."""
         super().__init__()
-        self.zero_conv = zero_conv
-        self.net = ControlNetModel.from_unet(
-            unet,
-            conditioning_embedding_out_channels=tuple(pose_embed_channels),
-            load_weights_from_unet=True,
-            conditioning_channels=pose_channels,
-        )
+        self.zero_conv, self.attention = zero_conv, attention
+        kw = dict(conditioning_embedding_out_channels=tuple(pose_embed_channels), conditioning_channels=pose_channels)
+        if attention:
+            self.net = ControlNetModel.from_unet(unet, load_weights_from_unet=True, **kw)
+        else:
+            self.net = attention_free_copy(unet, **kw)
         if not zero_conv:  # paper: no zero-convolutions, residuals are the raw features
             self.net.controlnet_down_blocks = nn.ModuleList(nn.Identity() for _ in self.net.controlnet_down_blocks)
             self.net.controlnet_mid_block = nn.Identity()

@@ -211,12 +211,14 @@ def load_sd(
     return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
+def token_ids(tokenizer: CLIPTokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B, 77) ids, padded and truncated the way StableDiffusionPipeline tokenizes."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
 @torch.no_grad()
 def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
     """Text embedding c (B, 77, k) the way StableDiffusionPipeline makes it (last hidden state)."""
-    tok = components.tokenizer(
-        prompts, padding="max_length", max_length=components.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )
     te = components.text_encoder
-    return te(tok.input_ids.to(te.device))[0]
+    return te(token_ids(components.tokenizer, prompts).to(te.device))[0]

@@ -189,3 +189,32 @@ def test_arcface_model_without_identity_weights_fails_clearly(gen):
     g = DenseFaceGenerator(gen.sd, gen.model, id_backend="arcface")
     with pytest.raises(FileNotFoundError, match="arcface needs weights"):
         g.identity(sample_photo("obama"))
+
+
+@torch.no_grad()
+def test_g2_condition_carries_identity_and_unconditional_branch_does_not(gen):
+    from denseface.model.tiny_sd import encode_prompt
+
+    c1 = torch.from_numpy(_unit(128, 1))[None]
+    c2 = torch.from_numpy(_unit(128, 2))[None]
+    cond1, uncond1 = gen._text("a photo of a man", "blurry", True, c1)
+    cond2, uncond2 = gen._text("a photo of a man", "blurry", True, c2)
+    assert (cond1 - cond2).abs().max() > 0  # the identity token is in the prompt
+    assert torch.equal(uncond1, encode_prompt(gen.sd, ["blurry"])) and torch.equal(uncond1, uncond2)  # plain
+    g1, _ = gen._text("a photo of * smiling", "", False)  # G1: the placeholder reads as the anchor word
+    assert torch.equal(g1, encode_prompt(gen.sd, ["a photo of face smiling"]))
+
+
+def test_cli_refuses_weights_of_the_old_identity_path(tmp_path, capsys):
+    from denseface.generate import TINY_CONFIG
+    from denseface.model.dense_face import CONFIG_NAME, DenseFace
+    from denseface.model.tiny_sd import build_tiny_sd
+
+    DenseFace.from_sd(build_tiny_sd(0), TINY_CONFIG).save_trained(tmp_path / "w")
+    info = json.loads((tmp_path / "w" / CONFIG_NAME).read_text())
+    del info["format"]
+    (tmp_path / "w" / CONFIG_NAME).write_text(json.dumps(info))
+    rc = main(["generate", "--prompt", "a face", "--reference", str(sample_photo("obama")), "--weights",
+               str(tmp_path / "w"), "--device", "cpu", "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and err[0].startswith("error: ") and "identity format 1" in err[0]

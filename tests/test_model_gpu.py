@@ -20,27 +20,34 @@ SD21_UNET = sd21_unet_config()
 
 def test_sd21_shaped_train_step_fp16():
     from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from denseface.model.dense_face import DenseFace, DenseFaceConfig
+    from denseface.model.tiny_sd import build_tiny_tokenizer
 
     dev = torch.device("cuda")
+    tok = build_tiny_tokenizer()
     with dev:
         unet = UNet2DConditionModel(**SD21_UNET).half()
-    model = DenseFace(unet, torch.randn(1024), DenseFaceConfig(id_dim=512)).to(dev)
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=1024,
+                                          num_hidden_layers=1, num_attention_heads=16, max_position_embeddings=77,
+                                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                          pad_token_id=tok.pad_token_id)).half()
+    model = DenseFace(unet, te, tok, DenseFaceConfig(id_dim=512)).to(dev)
     print(f"\ntrainable params: {sum(p.numel() for p in model.trainable_parameters()) / 1e6:.1f} M")
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=5e-6)
     for batch in (2, 8):
         g = torch.Generator(dev).manual_seed(0)
         x = torch.randn(batch, 4, 64, 64, device=dev, generator=g).half()
         t = torch.randint(0, 1000, (batch,), device=dev, generator=g)
-        c = torch.randn(batch, 77, 1024, device=dev, generator=g).half()
         ids = torch.randn(batch, 512, device=dev, generator=g)
+        prompts = [model.prompt_for("a photo of a smiling man", identity=True)] * batch
         pose = torch.rand(batch, 3, 512, 512, device=dev, generator=g)
         torch.cuda.reset_peak_memory_stats()
         for step in range(3):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            eps, dense = model(x, t, c, ids, pose, mode="G2")
+            eps, dense = model(x, t, model.encode_text(prompts, ids).half(), pose, mode="G2")
             assert dense["landmarks"].shape == (batch, 478, 64, 64) and dense["mask"].shape == (batch, 10, 64, 64)
             loss = (eps.float() - x.float()).pow(2).mean() + sum(v.float().pow(2).mean() for v in dense.values())
             opt.zero_grad(set_to_none=True)
@@ -53,6 +60,7 @@ def test_sd21_shaped_train_step_fp16():
         assert all(p.grad is None for p in unet.parameters())
         assert all(p.grad is not None for p in model.trainable_parameters())
         with torch.no_grad():
+            c = model.encode_text([model.prompt_for("a photo of a smiling man", identity=False)] * batch)
             plain = unet(x, t, encoder_hidden_states=c).sample
             g1, _ = model(x, t, c, mode="G1")
         assert torch.equal(g1, plain)

@@ -66,7 +66,8 @@ def test_gradients_reach_exactly_the_new_modules(dataset, tmp_path):
     frozen = {n: p.detach().clone() for n, p in named.items() if id(p) not in new}
     trained = {n: p.detach().clone() for n, p in named.items() if id(p) in new}
     assert frozen and trained and len(trained) == len(trainer.params)
-    terms = trainer.train_step(next(iter(trainer.train_loader())))
+    batches = iter(trainer.train_loader())
+    terms = trainer.train_step(next(batches))
     assert all(torch.isfinite(v) for v in terms.values())
     for n, p in named.items():
         if n in frozen:
@@ -74,6 +75,12 @@ def test_gradients_reach_exactly_the_new_modules(dataset, tmp_path):
             assert torch.equal(p, frozen[n]), n
         else:
             assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    # Step 1: the pose branch's zero-convolutions shield the layers before them (zero gradient,
+    # as in ControlNet); once they have moved, step 2 reaches every new parameter.
+    moved = {n for n in trained if not torch.equal(named[n], trained[n])}
+    zero_convs = ("pose_branch.net.controlnet_down_blocks.", "pose_branch.net.controlnet_mid_block.")
+    assert {n for n in trained if n.startswith(zero_convs) or not n.startswith("pose_branch.")} <= moved
+    trainer.train_step(next(batches))
     moved = [n for n in trained if not torch.equal(named[n], trained[n])]
     assert len(moved) == len(trained)  # AdamW moves every parameter that got a gradient
     for part in (model.text_encoder, model.vae):

@@ -4,8 +4,10 @@ GPUs and nodes (``accelerate launch``), or one CPU process for the tiny demo mod
 Only the new modules train (pose branch, identity MLP, PC-adapters, dense heads); SD's UNet,
 VAE and text encoder are frozen and, under mixed precision, held in fp16/bf16 (the VAE stays
 fp32: it only runs when a sample has no ``latent.npy``). Each step: latents (cached or VAE),
-text embedding of the (possibly dropped) caption, noise and t ~ U[0, T) from the trainer's own
-generator, one G2 forward giving eps and the dense maps, Eq. 8, AdamW.
+the text condition of the caption with the identity token (through the frozen text encoder, so
+the identity MLP gets its gradient through it; a dropped caption is the plain empty prompt, no
+identity: what generation's unconditional branch feeds), noise and t ~ U[0, T) from the trainer's
+own generator, one G2 forward giving eps and the dense maps, Eq. 8, AdamW.
 
 The data loader is not passed through ``accelerator.prepare``: for an IterableDataset it would
 read on rank 0 and dispatch batches, while here every rank reads its own shards
@@ -197,11 +199,12 @@ class Trainer:
         z = vae.encode(batch["image"].to(vae.dtype)).latent_dist.sample(generator=generator).float() * sf
         return z if cached is None else torch.where(has[:, None, None, None], cached, z)
 
-    @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        tok = self.sd.tokenizer(captions, padding="max_length", max_length=self.sd.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        return self.sd.text_encoder(tok.input_ids.to(self.accelerator.device))[0]
+    def encode_text(self, captions: list[str], id_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """G2 condition of captions with identities (B, id_dim); a dropped caption ("") stays the
+        plain empty prompt (classifier-free guidance's unconditional branch). Without id_emb: G1."""
+        model = self.dense_face
+        prompts = [model.prompt_for(c, identity=id_emb is not None and c != "") for c in captions]
+        return model.encode_text(prompts, id_emb)
 
     def heatmaps(self, batch: dict[str, Any]) -> torch.Tensor:
         if "heatmaps" in batch:
@@ -212,13 +215,13 @@ class Trainer:
                      timesteps: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Eq. 8 on one batch (already on the device): (terms, dense predictions)."""
         latents = self.latents(batch, generator)
-        text = self.encode_text(batch["caption"])
+        text = self.encode_text(batch["caption"], batch["id_emb"])
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         t = timesteps if timesteps is not None else sample_timesteps(
             latents.shape[0], self.noise_scheduler.config.num_train_timesteps, generator, latents.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         with self.accelerator.autocast():
-            pred, dense = model(noisy, t, text, batch["id_emb"], batch["pose_image"], mode="G2")
+            pred, dense = model(noisy, t, text, batch["pose_image"], mode="G2", id_emb=batch["id_emb"])
         target = diffusion_target(self.noise_scheduler, latents, noise, t)
         terms = dense_face_loss(pred, target, dense, self.heatmaps(batch), batch["mask"], batch["depth"], self.weights)
         return terms, dense
