@@ -112,6 +112,10 @@ def test_cosines_and_pairs():
     mean = M.mean_pairwise([1.0, 2.0, 4.0], lambda x, y: seen.extend(zip(x, y)) or np.abs(np.subtract(x, y)))
     assert sorted(seen) == [(1.0, 2.0), (1.0, 4.0), (2.0, 4.0)] and mean == pytest.approx((1 + 3 + 2) / 3)
     assert np.isnan(M.mean_pairwise([1.0], lambda x, y: np.zeros(len(x))))
+    real = {"a": a[:1], "b": a[1:2], "c": a[:0]}
+    assert M.retrieval_hits(a[:2], ["a", "b"], real).tolist() == [1.0, 1.0]
+    assert M.retrieval_hits(a[:2], ["b", "a"], real).tolist() == [0.0, 0.0]
+    assert np.isnan(M.retrieval_hits(a[:2], ["a", "a"], {"a": a[:1]})).all()
     assert M.angle_error(np.array([350.0, -90, 10]), np.array([10.0, 90, 10])).tolist() == [20.0, 180.0, 0.0]
 
 
@@ -244,7 +248,11 @@ def _records(tmp_path: Path, photos, assignment: dict[str, list[str]], poses: di
 def test_score_perfect_for_the_real_photos_and_worse_shuffled(tiny, photos, faces, tmp_path):
     subjects = {"obama": [Path(sample_photo("obama"))], "biden": [Path(sample_photo("biden"))]}
     metrics = ("clip_t", "clip_i", "dino", "id_arcface", "id_adaface", "id_dlib", "face_div", "pose")
-    refs = ModelRefs(**{k: v for k, v in tiny.items() if k != "fid_inception"})
+    from denseface.model.hopenet import Hopenet
+
+    torch.manual_seed(4)
+    torch.save(Hopenet().state_dict(), tmp_path / "hopenet.pkl")
+    refs = ModelRefs(**{k: v for k, v in tiny.items() if k != "fid_inception"}, hopenet=str(tmp_path / "hopenet.pkl"))
     scorers = Scorers.load(metrics, refs)
     poses = {k: f.pose for k, f in faces.items()}
     same = _records(tmp_path / "same", photos, {"obama": ["obama", "obama"], "biden": ["biden"]}, poses)
@@ -253,6 +261,9 @@ def test_score_perfect_for_the_real_photos_and_worse_shuffled(tiny, photos, face
     for col in ("clip_i", "dino", "id_arcface", "id_adaface", "id_dlib"):
         np.testing.assert_allclose(per[col], 1.0, atol=1e-5)
     np.testing.assert_allclose(per["pose_mae"], 0.0, atol=1e-6)
+    assert per["pose_mae_hopenet"].between(0, 180).all()  # random Hopenet: only its range
+    for col in ("retrieval_arcface", "retrieval_adaface", "retrieval_dlib"):
+        assert (per[col] == 1.0).all(), col
     assert per["clip_t"].between(-1, 1).all()
     obama = summary[(summary.subject == "obama") & (summary["mode"] == "text")].iloc[0]
     assert obama["face_div"] == pytest.approx(0.0, abs=1e-6) and obama["face_rate"] == 1.0
@@ -265,6 +276,7 @@ def test_score_perfect_for_the_real_photos_and_worse_shuffled(tiny, photos, face
     for col in ("clip_i", "dino", "id_arcface", "id_adaface", "id_dlib"):
         assert (per2[col] < 1.0 - 1e-4).all(), col
     assert (per2["pose_mae"] > 0.5).all()
+    assert (per2["retrieval_dlib"] == 0.0).sum() >= 2  # biden's and obama's photos filed under each other
     obama2 = summary2[(summary2.subject == "obama") & (summary2["mode"] == "text")].iloc[0]
     assert obama2["face_div"] > 0
 

@@ -4,6 +4,8 @@
 * CLIP-I, DINO, identity similarity: mean cosine over all (generated, real) pairs of one
   subject, as DreamBooth's CLIP-I/DINO and the identity scores of PhotoMaker/InstantID.
 * Face diversity: mean LPIPS over all unordered pairs of one subject's generated faces.
+* Identity retrieval (face swap, Table 4): whether an image's embedding is closest, in mean
+  cosine, to its own subject's real faces among all subjects'.
 * Pose error: absolute angle difference (wrapped to [0, 180]) per yaw, pitch, roll.
 * FID: torchmetrics' Fréchet distance, fed by `scorers` (not here).
 """
@@ -41,6 +43,17 @@ def mean_cosine_to_set(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
     if len(real) == 0:
         return np.full(len(generated), np.nan)
     return cosine_matrix(generated, real).mean(1)
+
+
+def retrieval_hits(generated: np.ndarray, own: Sequence[str], real: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,) 1.0 where row i's mean cosine is highest to the real set of ``own[i]``, else 0.0;
+    NaN under two subjects with real embeddings (nothing to retrieve among)."""
+    names = [s for s, e in real.items() if len(e)]
+    if len(names) < 2:
+        return np.full(len(generated), np.nan)
+    scores = np.stack([mean_cosine_to_set(generated, real[s]) for s in names], axis=1)
+    best = np.asarray(names)[scores.argmax(1)]
+    return (best == np.asarray(own)).astype(np.float64)
 
 
 def mean_pairwise(items: Sequence, distance: Callable[[Sequence, Sequence], np.ndarray]) -> float:

@@ -12,7 +12,10 @@ fails (a reference photo without a usable face, a target without a face) becomes
 
 Scoring: one face analysis per image (`FaceFinder`) feeds identity, pose and face diversity;
 whole images feed CLIP, DINO and FID. Per image: ``clip_t`` (with its own prompt), ``clip_i``,
-``dino`` and ``id_*`` (mean cosine to the subject's real photos), the pose errors. Per
+``dino`` and ``id_*`` (mean cosine to the subject's real photos), ``retrieval_*`` (1 when the
+image's identity is closest to its own subject's among all subjects: Table 4's ID retrieval,
+meaningful for face swap), the pose errors (``pose_mae``: mean over yaw, pitch, roll of
+|condition - PnP estimate|; ``pose_mae_hopenet`` with Hopenet's estimate). Per
 subject and mode: their means over images (face metrics over images with a face), ``face_div``
 and the share of images with a face. Per mode (``subject = ALL``): the mean over subjects,
 and ``fid`` over all the mode's images.
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from denseface.evaluate import metrics as M
 from denseface.evaluate.image_set import (POSE_KEYS, EvalImage, EvalInputError, images_in, read_images,
@@ -118,11 +122,14 @@ def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], pro
     jobs = [("text", f"p{i}", prompt, None) for i, prompt in enumerate(prompts)]
     jobs += [("swap", f"t{i}", SWAP_PROMPT, target) for i, target in enumerate(targets)]
     images, failures = [], []
+    progress = tqdm(total=len(subjects) * len(jobs) * settings.n, desc="generate", unit="image",
+                    disable=not sys.stderr.isatty())
     for subject, photos in subjects.items():
         folder = settings.out / "images" / subject
         folder.mkdir(parents=True, exist_ok=True)
         for mode, tag, prompt, target in jobs:
             for k in range(settings.n):
+                progress.update()
                 seed, reference = settings.seed + k, photos[k % len(photos)]
                 try:
                     res = gen.generate(reference, prompt, target=target, steps=settings.steps,
@@ -141,6 +148,7 @@ def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], pro
                                    str(target) if target else None, pose)
                 write_image(record)
                 images.append(record)
+    progress.close()
     return images, failures
 
 
@@ -199,6 +207,10 @@ def score(images: list[EvalImage], subjects: dict[str, list[Path]], scorers: Sco
             gen_emb[face_idx] = e
         real_emb = {s: embed(fs) if fs else np.empty((0, gen_emb.shape[1])) for s, fs in real_faces.items()}
         rows[name] = per_subject(gen_emb, real_emb, found)
+        retrieval = np.full(len(images), np.nan)
+        if len(face_idx):
+            retrieval[face_idx] = M.retrieval_hits(gen_emb[face_idx], subj[face_idx], real_emb)
+        rows[name.replace("id_", "retrieval_")] = retrieval
     if "pose" in metrics:
         _pose_columns(rows, images, faces, scorers)
 
