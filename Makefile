@@ -11,7 +11,7 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample build-dataset train inspect query generate browser test test-slow bench clean
+.PHONY: venv sample build-dataset train inspect query generate evaluate browser test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,23 @@ generate: venv sample
 	set -x; \
 	$(DF) generate --prompt "$(PROMPT)" --reference "$$ref" --out $(GEN_OUT)/text.png $(GEN_FLAGS) && \
 	$(DF) generate --prompt "$(PROMPT)" --reference "$$ref" --target "$$target" --out $(GEN_OUT)/swap.png $(GEN_FLAGS)
+
+# make evaluate [SUBJECTS=dir] [PROMPTS=file] [EVAL_OUT=data/evaluate] [PRETRAINED=...] [WEIGHTS=...]
+#               [EVAL_ARGS="--metrics paper --clip ... --arcface ... --fid-reference /data/ffhq10k"]
+# Without arguments: the tiny offline model on the sample photos' subjects, scored with the metrics
+# that need no downloaded weights (dlib identity similarity and retrieval, PnP pose error).
+SUBJECTS ?=
+PROMPTS ?=
+EVAL_OUT ?= data/evaluate
+EVAL_ARGS ?= --metrics id_dlib,pose --n 1 --steps 10
+
+evaluate: venv sample
+	@subjects="$(if $(SUBJECTS),$(SUBJECTS),$$($(DF) sample))"; \
+	prompts="$(if $(PROMPTS),$(PROMPTS),$(EVAL_OUT)/prompts.txt)"; \
+	mkdir -p $(EVAL_OUT); test -n "$(PROMPTS)" || echo "$(PROMPT)" > "$$prompts"; \
+	set -x; \
+	$(DF) evaluate --subjects "$$subjects" --prompts "$$prompts" --out $(EVAL_OUT) \
+		$(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(EVAL_ARGS)
 
 # Headless Chromium for the report's browser test, where Debian's apt-get and root are at
 # hand; elsewhere that one test skips and says why.

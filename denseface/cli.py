@@ -92,6 +92,44 @@ def _generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from denseface.evaluate.runner import run
+
+    return run(args)
+
+
+def add_evaluate_parser(sub) -> None:
+    from denseface.evaluate.scorers import METRICS, ModelRefs
+
+    d = ModelRefs()
+    e = sub.add_parser("evaluate", help="generate for held-out subjects and score them as the paper's section 4 does")
+    e.add_argument("--subjects", type=Path, required=True, help="SUBJECTS/<subject>/<photos>: real reference photos")
+    e.add_argument("--prompts", type=Path, help="text file, one prompt a line (required unless --images)")
+    e.add_argument("--targets", type=Path, help="folder of photos: also evaluate face swap onto each of them")
+    e.add_argument("--images", type=Path, help="IMAGES/<subject>/<images> made elsewhere: score them, generate nothing")
+    e.add_argument("--out", type=Path, required=True, help="folder for images/, summary.csv, per_image.csv, "
+                   "metrics.json, report.html")
+    e.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
+    e.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained (default: untrained)")
+    e.add_argument("--id-weights", help="the model's identity backend weights (ArcFace .onnx; dlib needs none)")
+    e.add_argument("--n", type=int, default=4, help="images per subject and prompt (and target); seeds SEED..SEED+N-1")
+    e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    e.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    e.add_argument("--metrics", help=f"comma-separated subset of {', '.join(METRICS)}; 'paper' (default: all but "
+                   "id_dlib) or 'all'")
+    e.add_argument("--clip", default=d.clip, help=f"CLIP for clip_t/clip_i: hub id or folder (default {d.clip})")
+    e.add_argument("--dino", default=d.dino, help=f"DINO ViT for dino: hub id or folder (default {d.dino})")
+    e.add_argument("--arcface", help="id_arcface: insightface ArcFace .onnx (e.g. buffalo_l w600k_r50.onnx)")
+    e.add_argument("--adaface", help="id_adaface: AdaFace .ckpt (e.g. adaface_ir101_webface12m.ckpt)")
+    e.add_argument("--lpips", help="face_div: folder with LPIPS alex.pth (v0.1) and alexnet-owt-7be5be79.pth")
+    e.add_argument("--fid-inception", help="fid: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    e.add_argument("--fid-reference", help="fid: folder of real images (the paper: 10 000 FFHQ)")
+    e.add_argument("--hopenet", help="pose: also Hopenet (hopenet_robust_alpha1.pkl) besides the PnP pose")
+    e.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    e.set_defaults(func=_evaluate)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="denseface", description="Build the T2I-Dense-Face dataset, inspect it, "
                                 "train Dense-Face on it and generate personalized faces.")
@@ -164,6 +202,7 @@ def parser() -> argparse.ArgumentParser:
     from denseface.train.cli import add_train_parser
 
     add_train_parser(sub)
+    add_evaluate_parser(sub)
     return p
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from denseface.model.state_files import load_strict, read_state_dict
+
 NUM_BINS = 66
 BIN_WIDTH = 3.0
 BIN_OFFSET = 99.0  # degrees = expected bin index * 3 - 99
@@ -118,24 +120,8 @@ def load_hopenet(path: str | Path) -> Hopenet:
     Accepts a ``module.``-prefixed (DataParallel) dict and one saved by old torch without the
     BatchNorm ``num_batches_tracked`` buffers; any other missing or extra key is an error.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Hopenet weights not found at {path}. {WEIGHTS_HELP}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict ({type(state).__name__}). {WEIGHTS_HELP}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    net = Hopenet()
-    result = net.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{path} is not a Hopenet (ResNet-50, 66 bins) state dict: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return net.eval()
+    state = read_state_dict(path, "Hopenet", WEIGHTS_HELP)
+    return load_strict(Hopenet(), state, path, "Hopenet (ResNet-50, 66 bins)")
 
 
 def preprocess(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
