@@ -33,19 +33,27 @@ build-dataset: venv
 
 # make train                      tiny offline model on the sample dataset, CPU, a few hundred steps
 # make train PRETRAINED=/models/sd21 TRAIN_DATA=/data/t2i-dense-face STEPS=100000 NPROC=8
-TRAIN_DATA ?= data/sample-dataset
+# The demo data: the sample in shards of 2 inputs (6 shards), so that NPROC > 1 processes each get some.
+DEMO_TRAIN_DATA := data/sample-train
+TRAIN_DATA ?= $(DEMO_TRAIN_DATA)
 TRAIN_OUT ?= runs/train
 STEPS ?= 300
 NPROC ?= 1
 TRAIN_ARGS ?=
 # Without PRETRAINED: lr 1e-3 (the paper's 5e-6 is meant for SD 2.1) so the demo's loss visibly falls.
 TRAIN_DEMO := --lr 1e-3 --workers 1 --validate-every 100 --checkpoint-every 100
-TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) -m denseface.cli,$(DF))
+# NPROC > 1: accelerate's torchrun launcher (--multi_gpu); without a GPU (no nvidia-smi) the
+# processes train on the CPU over gloo (the trainer joins them with cpu=True), no mixed precision.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+LAUNCH_FLAGS = --multi_gpu --num_processes $(NPROC) --num_machines 1 --dynamo_backend no \
+	$(if $(HAS_GPU),,--mixed_precision no)
+TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/accelerate launch $(LAUNCH_FLAGS) -m denseface.cli,$(DF))
 
 train: venv
-	$(if $(filter data/sample-dataset,$(TRAIN_DATA)),test -e $(TRAIN_DATA)/run_summary.json || $(MAKE) build-dataset)
+	$(if $(filter $(DEMO_TRAIN_DATA),$(TRAIN_DATA)),test -e $(TRAIN_DATA)/run_summary.json || \
+		$(MAKE) build-dataset OUT=$(TRAIN_DATA) ARGS="--shard-size 2")
 	$(TRAIN_CMD) train --data $(TRAIN_DATA) --out $(TRAIN_OUT) --steps $(STEPS) \
-		$(if $(PRETRAINED),--pretrained $(PRETRAINED),$(TRAIN_DEMO)) $(TRAIN_ARGS)
+		$(if $(PRETRAINED),--pretrained $(PRETRAINED),$(TRAIN_DEMO)) $(if $(HAS_GPU),,--cpu) $(TRAIN_ARGS)
 
 # make inspect [OUT=data/sample-dataset] [N=8] [WHERE="yaw > 30"]; make query SQL="SELECT ..."
 INSPECT_OUT ?= $(OUT)/inspect
@@ -114,4 +122,4 @@ bench: venv sample
 	$(PY) -m pytest -q -m bench -s $(PYTEST_ARGS)
 
 clean:
-	rm -rf data/sample-dataset build dist *.egg-info
+	rm -rf data/sample-dataset data/sample-train build dist *.egg-info

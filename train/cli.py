@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from denseface.errors import UserError
@@ -27,6 +28,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     t.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers per process")
     t.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"])
     t.add_argument("--gradient-checkpointing", action="store_const", const=True)
+    t.add_argument("--cpu", action="store_const", const=True, help="train on the CPU even where a GPU exists")
     t.add_argument("--caption-dropout", type=float)
     t.add_argument("--lambda-landmarks", type=float)
     t.add_argument("--lambda-mask", type=float)
@@ -47,7 +49,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 FIELDS = ("data", "bad_shards", "pretrained", "output_dir", "resume", "steps", "batch_size", "lr", "resolution", "num_workers",
-          "mixed_precision", "gradient_checkpointing", "caption_dropout", "lambda_landmarks", "lambda_mask",
+          "mixed_precision", "cpu", "gradient_checkpointing", "caption_dropout", "lambda_landmarks", "lambda_mask",
           "lambda_depth", "seed", "log_every", "checkpoint_every", "validate_every", "tensorboard", "progress")
 
 
@@ -61,16 +63,16 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.synthetic:
         from denseface.shards.reader import shard_paths
-        from denseface.train.synthetic import write_synthetic_dataset
+        from denseface.train.synthetic import publish_synthetic_dataset
 
         if len(cfg.data) != 1:
             raise UserError("--synthetic needs exactly one --data folder")
         root = Path(cfg.data[0])
-        if not shard_paths(root):
-            write_synthetic_dataset(root, identities=4, per_identity=6, shards=2)
+        if not shard_paths(root) and publish_synthetic_dataset(root, identities=4, per_identity=6, shards=2):
             print(f"wrote a synthetic dataset to {root}")
     from denseface.train.loop import train
 
     result = train(cfg)
-    print(result.summary())
+    if os.environ.get("RANK", "0") == "0":  # every process returns the same (rank-averaged) losses
+        print(result.summary())
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,25 @@ from denseface.train.stream import seed_of
 from denseface.train.targets import render_heatmaps
 
 LOADER_HEATMAP_MAX = 32  # "auto": heatmaps rendered in the workers up to this head size, on the device above
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started (torchrun / ``accelerate launch`` set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator that joins the launcher's process group, also on a machine without CUDA.
+
+    Why: under ``accelerate launch --multi_gpu`` or torchrun on a CPU-only machine, a plain
+    ``Accelerator()`` silently runs every process as its own single-process job (each reads
+    all shards and trains alone); with ``cpu=True`` it joins them over gloo (MULTI_CPU)."""
+    cpu = cfg.cpu or not torch.cuda.is_available()
+    acc = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cpu), cpu=cpu)
+    if acc.num_processes != launched_world_size():
+        raise RuntimeError(f"launched {launched_world_size()} processes but accelerate runs {acc.num_processes}: "
+                           "the processes would train independently")
+    return acc
 
 
 def resolve_mixed_precision(value: str, cpu: bool = False) -> str:
@@ -83,13 +103,18 @@ class TrainResult:
 
 @dataclass
 class _Log:
+    """Per-step loss terms, averaged over the processes: the loss of the global batch."""
+
+    accelerator: Accelerator
     pending: list[torch.Tensor] = field(default_factory=list)  # stacked terms per step, on device
     history: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in TERMS})
 
     def flush(self) -> list[dict[str, float]]:
+        """Collective (every rank calls it at the same steps): one all-reduce per interval."""
         if not self.pending:
             return []
-        rows = torch.stack(self.pending).float().cpu().tolist()  # one device sync per interval
+        local = torch.stack(self.pending).float()
+        rows = self.accelerator.reduce(local, reduction="mean").cpu().tolist()  # one device sync per interval
         self.pending.clear()
         out = [dict(zip(TERMS, r)) for r in rows]
         for r in out:
@@ -103,8 +128,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, sd: SDComponents | None = None) -> None:
         self.cfg = cfg
-        self.accelerator = acc = accelerator or Accelerator(
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu)
+        self.accelerator = acc = accelerator or make_accelerator(cfg)
         set_seed(cfg.seed)  # the new modules' initialisation is reproducible
         self.sd = sd if sd is not None else (load_sd(cfg.pretrained) if cfg.pretrained else build_tiny_sd(cfg.seed))
         vae_scale = 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
@@ -324,7 +348,7 @@ class Trainer:
     def train(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         start = self.step
-        log = _Log()
+        log = _Log(acc)
         saved_at, last_ckpt = None, None
         bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and acc.is_main_process),
                    desc="train", dynamic_ncols=True)

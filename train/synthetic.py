@@ -11,6 +11,8 @@ Shards are written with `denseface.shards.writer.write_unit`, manifests and stat
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -108,3 +110,18 @@ def write_synthetic_dataset(root: Path, identities: int = 2, per_identity: int =
                  "members": sorted({e for _, m in samples for e in m})}
         write_unit(root, u, samples, rows, arrow, stats)
     return root
+
+
+def publish_synthetic_dataset(root: Path, **kwargs) -> bool:
+    """`write_synthetic_dataset` into a private folder, then renamed to ``root``: safe when
+    several processes of one launch race to create it (the data is deterministic, so the first
+    rename wins and the others discard theirs). True if this call published it."""
+    root = Path(root)
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    write_synthetic_dataset(tmp, **kwargs)
+    try:
+        os.rename(tmp, root)  # atomic; fails if another process already put a non-empty root there
+        return True
+    except OSError:
+        shutil.rmtree(tmp)
+        return False
