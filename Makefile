@@ -11,7 +11,7 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample build-dataset train inspect query generate evaluate browser test test-slow bench clean
+.PHONY: venv sample build-dataset train inspect query generate evaluate browser test test-slow bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -120,6 +120,11 @@ test-slow: venv sample
 
 bench: venv sample
 	$(PY) -m pytest -q -m bench -s $(PYTEST_ARGS)
+
+# One GPU, one short call (skips without CUDA): training step at SD-2.1-base shape (Dense-Face vs
+# full-UNet fine-tuning vs ControlNet, with and without cached latents), ETL model stages, generation.
+bench-gpu: venv sample
+	$(PY) -m pytest -q -m bench -s tests/bench/test_gpu_bench.py tests/bench/test_gpu_generate_bench.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf data/sample-dataset data/sample-train build dist *.egg-info

@@ -74,6 +74,15 @@ class Stage:
     def setup(self) -> None:
         """Load models; called lazily in the worker that runs the stage."""
 
+    def device(self) -> str:
+        """Where a torch model of this stage runs: "cuda" if the stage asks for GPUs and one exists."""
+        if self.conf.num_gpus > 0:
+            import torch
+
+            if torch.cuda.is_available():
+                return "cuda"
+        return "cpu"
+
     def process_one(self, item: Item) -> None:
         raise NotImplementedError
 

@@ -8,8 +8,10 @@ Two backends, chosen by ``stages.identity.backend``:
   in the ``face-recognition-models`` package, which is the default weights folder;
   ``weights`` may name another folder holding the two files. dlib's face detector is not
   run: the box given to the shape predictor is the bounding box of the crop's 478
-  mediapipe landmarks (`landmark_box`). Options: ``num_jitters`` (int, default 0) and
-  ``padding`` (float, default 0.25), passed to ``compute_face_descriptor``.
+  mediapipe landmarks (`landmark_box`). Options: ``engine`` (``torch``, default: dlib's
+  weights run in torch, batched, on the GPU when the stage has ``num_gpus``; ``dlib``: dlib's
+  own network), ``num_jitters`` (int, default 0; > 0 needs ``engine: dlib``) and ``padding``
+  (float, default 0.25), as ``compute_face_descriptor`` takes them.
 * ``arcface``: an insightface ArcFace ONNX model (e.g. buffalo_l's ``w600k_r50.onnx``) at
   the local path ``weights`` (required), run with onnxruntime: CUDA when the stage has
   ``num_gpus > 0`` and onnxruntime offers the CUDA provider, else CPU. The input is cut as
@@ -71,7 +73,9 @@ DLIB_SHAPE_5 = "shape_predictor_5_face_landmarks.dat"
 DLIB_FILES = (DLIB_RECOGNITION, DLIB_SHAPE_5)
 
 BACKENDS = ("dlib", "arcface", "irse50")
-OPTIONS = {"dlib": {"num_jitters", "padding"}, "arcface": {"input_mean", "input_std", "eyes"}, "irse50": {"eyes"}}
+DLIB_ENGINES = ("torch", "dlib")
+OPTIONS = {"dlib": {"num_jitters", "padding", "engine"}, "arcface": {"input_mean", "input_std", "eyes"},
+           "irse50": {"eyes"}}
 
 
 def resolve_backend(backend: str) -> str:
@@ -193,29 +197,49 @@ def dlib_weights_dir(weights: str | None) -> Path | None:
 # ---- models ----------------------------------------------------------------------------
 
 class DlibDescriptor:
-    """dlib's 5-point shape predictor + ResNet descriptor: (images, boxes) -> (N, 128)."""
+    """dlib's 5-point shape predictor + ResNet descriptor: (images, boxes) -> (N, 128).
+
+    ``engine="torch"`` (default) cuts the 150 px chip with dlib (``get_face_chip``, as
+    ``compute_face_descriptor`` does) and runs the same ResNet weights in torch
+    (`denseface.model.dlib_resnet`), batched, on ``device``: the descriptors equal dlib's to
+    float32 rounding and cost a fraction of dlib-bin's BLAS-less CPU time. ``engine="dlib"``
+    runs dlib's own network (needed for ``num_jitters`` > 0, dlib's random jitter)."""
 
     dim = 128
 
-    def __init__(self, folder: Path, num_jitters: int = 0, padding: float = 0.25) -> None:
+    def __init__(self, folder: Path, num_jitters: int = 0, padding: float = 0.25, engine: str = "torch",
+                 device: str = "cpu") -> None:
         import dlib
 
         self._dlib = dlib
         self._shape = dlib.shape_predictor(str(folder / DLIB_SHAPE_5))
-        self._net = dlib.face_recognition_model_v1(str(folder / DLIB_RECOGNITION))
-        self.num_jitters, self.padding = int(num_jitters), float(padding)
+        self.num_jitters, self.padding, self.engine = int(num_jitters), float(padding), engine
+        if engine == "torch":
+            from denseface.model.dlib_resnet import DlibFaceResNet
+
+            self.device = device
+            self._torch_net = DlibFaceResNet.load(folder / DLIB_RECOGNITION).to(device)
+        else:
+            self._net = dlib.face_recognition_model_v1(str(folder / DLIB_RECOGNITION))
 
     def shape(self, image: np.ndarray, box: tuple[int, int, int, int]):
         return self._shape(image, self._dlib.rectangle(*box))
 
     def __call__(self, images: list[np.ndarray], boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
         images = [np.ascontiguousarray(im, dtype=np.uint8) for im in images]
-        shapes = []
-        for im, box in zip(images, boxes):
-            dets = self._dlib.full_object_detections()
-            dets.append(self.shape(im, box))
-            shapes.append(dets)
-        out = self._net.compute_face_descriptor(images, shapes, self.num_jitters, self.padding)
+        shapes = [self.shape(im, box) for im, box in zip(images, boxes)]
+        if self.engine == "torch":
+            import torch
+
+            chips = np.stack([self._dlib.get_face_chip(im, sh, size=150, padding=self.padding)
+                              for im, sh in zip(images, shapes)])
+            with torch.inference_mode():
+                return self._torch_net(torch.from_numpy(chips).to(self.device)).double().cpu().numpy()
+        dets = []
+        for sh in shapes:
+            dets.append(self._dlib.full_object_detections())
+            dets[-1].append(sh)
+        out = self._net.compute_face_descriptor(images, dets, self.num_jitters, self.padding)
         return np.array([np.array(per_image[0]) for per_image in out], np.float64)
 
 
@@ -284,7 +308,7 @@ class IRSE50Torch:
 
 class Identity(Stage):
     name = "identity"
-    version = "1"
+    version = "2"  # 2: dlib descriptors from torch by default (equal to dlib's to float32 rounding)
     manifest_fields = {"id_backend": "string", "id_dim": "int32"}
 
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
@@ -321,6 +345,11 @@ class Identity(Stage):
             raise FileNotFoundError(f"identity backend dlib needs weights: {', '.join(missing)} not found; {how}")
         if int(self._option("num_jitters", 0)) < 0 or float(self._option("padding", 0.25)) < 0:
             raise ValueError("identity options num_jitters and padding must be >= 0")
+        engine = self._option("engine", "torch")
+        if engine not in DLIB_ENGINES:
+            raise ValueError(f"identity option engine must be one of {list(DLIB_ENGINES)}, got {engine!r}")
+        if engine == "torch" and int(self._option("num_jitters", 0)):
+            raise ValueError("identity option num_jitters > 0 needs engine: dlib (dlib's own random jitter)")
 
     def _check_arcface(self) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
@@ -355,7 +384,8 @@ class Identity(Stage):
         elif self.backend == "dlib":
             self._model = DlibDescriptor(dlib_weights_dir(self.conf.weights),
                                          num_jitters=int(self._option("num_jitters", 0)),
-                                         padding=float(self._option("padding", 0.25)))
+                                         padding=float(self._option("padding", 0.25)),
+                                         engine=self._option("engine", "torch"), device=self.device())
         else:
             self._model = ArcFaceOnnx(Path(self.conf.weights).expanduser(), use_gpu=self.conf.num_gpus > 0,
                                       threads=max(1, int(self.conf.num_cpus)),

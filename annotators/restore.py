@@ -135,14 +135,6 @@ class Restore(Stage):
         if not path.is_file():
             raise FileNotFoundError(f"restore: CodeFormer weights not found at {path}. {WEIGHTS_HELP}")
 
-    def device(self) -> str:
-        if self.conf.num_gpus > 0:
-            import torch
-
-            if torch.cuda.is_available():
-                return "cuda"
-        return "cpu"
-
     def setup(self) -> None:
         if self.backend == "codeformer":
             self.check()

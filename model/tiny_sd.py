@@ -106,6 +106,28 @@ def sd21_unet_config() -> dict:
     )
 
 
+def build_random_sd21(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      seed: int = 0) -> SDComponents:
+    """SD 2.1-base's architecture (stabilityai/stable-diffusion-2-1-base configs) with random
+    weights, for timings: a forward's cost does not depend on the weights' values."""
+    torch.manual_seed(seed)
+    tok = build_tiny_tokenizer()
+    with torch.device(device):
+        unet = UNet2DConditionModel(**sd21_unet_config())
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
+                            sample_size=512)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
+                                            num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
+                                            hidden_act="gelu", projection_dim=1024, bos_token_id=tok.bos_token_id,
+                                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    for m in (unet, vae, text):
+        m.to(device, dtype).eval()
+    return SDComponents(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=sched)
+
+
 def build_tiny_sd(seed: int = 0) -> SDComponents:
     """Tiny SD components from configs, deterministic for a given seed; all in eval mode."""
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Atomic, byte-reproducible writing of one unit: tar, Parquet manifest, stats json.
+"""Atomic, byte-reproducible writing of one unit: tar, identity sidecar, Parquet manifest, stats json.
 
 Each file goes to a temporary name and is renamed into place; the stats json goes last
 and is the unit's commit mark. Tar headers carry no time, owner or user name, and
@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from denseface.shards.id_sidecar import SUFFIX as SIDECAR_SUFFIX
+from denseface.shards.id_sidecar import encode_sidecar
 from denseface.shards.schema import is_safe_key, shard_name
 
 TMP_MARK = ".tmp-"
@@ -32,8 +34,8 @@ _OWN_TMP = {".": re.compile(r"(shard-\d{6}\.tar|plan\.json|run_summary\.json)\.t
 
 def unit_paths(root: Path, unit: int) -> dict[str, Path]:
     name = shard_name(unit)
-    return {"tar": root / f"{name}.tar", "manifest": root / "manifest" / f"{name}.parquet",
-            "stats": root / "stats" / f"{name}.json"}
+    return {"tar": root / f"{name}.tar", "ids": root / f"{name}{SIDECAR_SUFFIX}",
+            "manifest": root / "manifest" / f"{name}.parquet", "stats": root / "stats" / f"{name}.json"}
 
 
 def own_temporaries(root: Path) -> list[Path]:
@@ -90,6 +92,9 @@ def write_unit(root: Path, unit: int, samples: list[tuple[str, dict[str, bytes]]
     rows = sorted(rows, key=lambda r: r["key"])
     table = pa.Table.from_pylist(rows, schema=schema)
     atomic_write(paths["tar"], lambda fh: write_tar(fh, samples))
+    ids = encode_sidecar(samples)  # the identity index's input: see shards.id_sidecar
+    if ids is not None:
+        atomic_write(paths["ids"], lambda fh: fh.write(ids))
     atomic_write(paths["manifest"], lambda fh: pq.write_table(table, fh, compression="zstd"))
     stats = dict(stats, tar_bytes=paths["tar"].stat().st_size, tar_sha256=file_sha256(paths["tar"]),
                  manifest_sha256=file_sha256(paths["manifest"]))

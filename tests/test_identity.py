@@ -54,7 +54,7 @@ def test_dlib_same_person_is_closer_than_different_people(faces):
         assert emb.dtype == np.float32 and emb.shape == (128,)
         assert abs(float(np.linalg.norm(emb)) - 1.0) < 1e-5
         assert it.fields == {**faces[it.key].fields, "id_backend": "dlib", "id_dim": 128}
-        assert it.versions["identity"] == "dlib@1"
+        assert it.versions["identity"] == "dlib@2"
     emb = {it.key: it.arrays["id"] for it in items}
     dist = {(a, b): float(np.linalg.norm(emb[a] - emb[b])) for a, b in itertools.combinations(PEOPLE, 2)}
     same = {k: d for k, d in dist.items() if PEOPLE[k[0]] == PEOPLE[k[1]]}

@@ -15,11 +15,9 @@ import time
 import pytest
 import torch
 
-from denseface.model.tiny_sd import sd21_unet_config
+from denseface.model.tiny_sd import build_random_sd21
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-SD21_UNET = sd21_unet_config()
 
 
 @pytest.fixture(autouse=True)
@@ -80,33 +78,12 @@ def test_resume_on_gpu(dataset, tmp_path):
     assert diff < 1e-2
 
 
-def _sd21_shaped():
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from denseface.model.tiny_sd import SDComponents, build_tiny_tokenizer
-
-    tok = build_tiny_tokenizer()
-    with torch.device("cuda"):
-        unet = UNet2DConditionModel(**SD21_UNET)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            sample_size=512)
-        te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
-                                          num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
-                                          projection_dim=1024, hidden_act="gelu", bos_token_id=tok.bos_token_id,
-                                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction")
-    return SDComponents(unet=unet.eval(), vae=vae.eval(), text_encoder=te.eval(), tokenizer=tok, scheduler=sched)
-
-
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_sd21_shaped_steps_at_512(dataset, tmp_path, checkpointing):
     from denseface.train.loop import Trainer
 
     trainer = Trainer(_cfg(dataset, tmp_path, batch_size=4, lr=5e-6, gradient_checkpointing=checkpointing,
-                           resolution=512), sd=_sd21_shaped())
+                           resolution=512), sd=build_random_sd21("cuda"))
     assert trainer.resolution == 512 and trainer.head_size == 64 and not trainer.heatmaps_in_loader
     it = iter(trainer.train_loader())
     batch = next(it)

@@ -5,9 +5,11 @@ the target image itself (the reference code picks another sample of the same ide
 the model cannot copy the target's own embedding. Only ``id.npy`` of that other image is
 needed, so the index holds embeddings, not images.
 
-How it scales: one pass over the shards reads only the ``json`` and ``id.npy`` members
-(local tars are read with seeks over the images, remote ones are streamed through
-webdataset's ``gopen``), and the result is cached once per dataset as plain ``.npy`` files
+How it scales: one pass reads each shard's identity sidecar (``shard-*.ids.npz``, written
+by the build: keys, identities, embeddings, a few hundred bytes a sample; see
+`denseface.shards.id_sidecar`); for a shard without one, only the ``json`` and ``id.npy``
+members (local tars are read with seeks over the images, remote ones are streamed through
+webdataset's ``gopen``). The result is cached once per dataset as plain ``.npy`` files
 that are memory-mapped: 2 M images x 128-d float16 is 512 MB of ``emb.npy`` plus ~100 MB of
 keys, shared through the page cache by every DataLoader worker and never copied into them.
 The identity of a key comes from its json (the same value as the manifest's ``identity``
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from denseface.paths import cache_dir
+from denseface.shards.id_sidecar import decode_sidecar, sidecar_url
 from denseface.shards.schema import ID, JSON, decode_npy
 
 INDEX_VERSION = 1
@@ -61,8 +64,11 @@ def fingerprint(urls: Sequence[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def _collect(members: Iterable[tuple[str, str, bytes]]) -> tuple[list[str], list[str], list[np.ndarray]]:
-    """(key, ext, bytes) of json and id.npy members -> keys, identities, embeddings."""
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # one shard's keys (bytes), identities (bytes), float16 embeddings
+
+
+def _collect(members: Iterable[tuple[str, str, bytes]]) -> Part:
+    """(key, ext, bytes) of json and id.npy members -> one shard's arrays."""
     ident: dict[str, str] = {}
     emb: dict[str, np.ndarray] = {}
     for key, ext, data in members:
@@ -71,7 +77,10 @@ def _collect(members: Iterable[tuple[str, str, bytes]]) -> tuple[list[str], list
         elif ext == ID:
             emb[key] = decode_npy(data).astype(np.float16).ravel()
     keys = sorted(k for k in emb if k in ident)
-    return keys, [ident[k] for k in keys], [emb[k] for k in keys]
+    if not keys:
+        return np.array([], "S1"), np.array([], "S1"), np.zeros((0, 0), np.float16)
+    return (np.array([k.encode() for k in keys]), np.array([ident[k].encode() for k in keys]),
+            np.stack([emb[k] for k in keys]))
 
 
 def _read_local(path: Path) -> Iterable[tuple[str, str, bytes]]:
@@ -91,7 +100,28 @@ def _read_stream(url: str) -> Iterable[tuple[str, str, bytes]]:
                 yield s["__key__"], ext, s[ext]
 
 
-def read_shard(url: str) -> tuple[list[str], list[str], list[np.ndarray]]:
+def _read_sidecar(url: str) -> bytes | None:
+    """The shard's identity sidecar, None where there is none (a dataset built before it existed)."""
+    side = sidecar_url(url)
+    p = _local_path(side)
+    if p is not None:
+        return p.read_bytes() if p.is_file() else None
+    import webdataset as wds
+
+    try:
+        with wds.gopen(side) as fh:
+            return fh.read()
+    except Exception:  # noqa: BLE001 - missing remote object: any scheme's error means "no sidecar"
+        return None
+
+
+def read_shard(url: str) -> Part:
+    """One shard's (keys, identities, embeddings): from its sidecar when present (a few KB),
+    else from the tar's json and id.npy members (a remote tar is streamed whole)."""
+    data = _read_sidecar(url)
+    if data:
+        s = decode_sidecar(data)
+        return s["keys"], s["identities"], s["emb"]
     p = _local_path(url)
     return _collect(_read_local(p) if p is not None else _read_stream(url))
 
@@ -158,30 +188,26 @@ class IdentityIndex:
     # ---- building and caching ---------------------------------------------------------------
     @classmethod
     def build(cls, urls: Sequence[str], threads: int = 8) -> "IdentityIndex":
-        """One pass over the shards (json + id.npy members only), in threads over shards."""
-        keys: list[str] = []
-        idents: list[str] = []
-        embs: list[np.ndarray] = []
+        """One pass over the shards' sidecars (or their json + id.npy members), in threads."""
         with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
-            for k, i, e in pool.map(read_shard, list(urls)):
-                keys += k
-                idents += i
-                embs += e
-        if not keys:
+            parts = [p for p in pool.map(read_shard, list(urls)) if len(p[0])]
+        if not parts:
             raise ValueError(f"no sample with both json and {ID} in {len(urls)} shard(s) "
                              f"(first: {urls[0] if urls else None}); the identity stage must have run")
-        dims = {e.shape[0] for e in embs}
+        dims = {p[2].shape[1] for p in parts}
         if len(dims) != 1:
             raise ValueError(f"identity embeddings of different sizes {sorted(dims)} in one dataset")
-        order = np.argsort(np.array(keys, dtype=object), kind="stable")
-        keys_arr = np.array([keys[i].encode() for i in order])
-        if len(np.unique(keys_arr)) != len(keys_arr):
+        keys = np.concatenate([p[0] for p in parts])
+        order = np.argsort(keys, kind="stable")
+        keys_arr = keys[order]
+        if (keys_arr[1:] == keys_arr[:-1]).any():
             raise ValueError("duplicate sample keys across shards")
-        names, group = np.unique(np.array([idents[i] for i in order], dtype=object), return_inverse=True)
+        idents = np.concatenate([p[1] for p in parts])[order]
+        names, group = np.unique(idents, return_inverse=True)
         group = group.astype(np.int32)
         by_group = np.argsort(group, kind="stable").astype(np.int32)  # rows of a group in key order
         starts = np.searchsorted(group[by_group], np.arange(len(names) + 1)).astype(np.int64)
-        emb = np.stack([embs[i] for i in order]).astype(np.float16)
+        emb = np.concatenate([p[2] for p in parts])[order].astype(np.float16)
         return cls({"keys": keys_arr, "group": group, "order": by_group, "starts": starts, "emb": emb})
 
     def save(self, path: Path) -> Path:

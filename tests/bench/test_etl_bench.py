@@ -2,12 +2,17 @@
 
 Run with ``make bench``. Prints images/s of: JPEG/PNG decode alone, mediapipe face mesh
 alone (on pre-decoded source images), the CPU pipeline in one process, and the pipeline
-on Ray with 1 and 2 workers; ratios are against the baselines of this very run.
+on Ray with 1 and 2 workers; ratios are against the baselines of this very run. Two corpora:
+the sample's photos as they are (up to 2333 px), and CASIA-sized ones (250x250 JPEG, the
+face in the middle as in CASIA-WebFace, cut from the same photos). On the CASIA-sized corpus
+the local run is timed with both identity engines (dlib's own network, and its weights in
+torch, the default), so the per-stage table shows before and after.
 """
 from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +20,7 @@ import ray
 from PIL import Image
 
 from denseface.annotators.landmarks import FaceMesh
-from denseface.config import BuildConfig
+from denseface.config import BuildConfig, StageConfig
 from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_casia
 from denseface.shards.reader import read_manifest
@@ -37,13 +42,44 @@ def corpus(tmp_path_factory, sample_casia):
     return root
 
 
+@pytest.fixture(scope="module")
+def casia_corpus(corpus, tmp_path_factory):
+    """Each photo of `corpus` cut to a square of 2.2x the face mesh's extent around its centre
+    (a photo the mesh misses at full size: its centre square) and saved as a 250x250 JPEG
+    (quality 90), CASIA-WebFace's format."""
+    root = tmp_path_factory.mktemp("bench_casia")
+    mesh = FaceMesh()
+    for p in sorted(q for q in corpus.rglob("*") if q.is_file()):
+        im = Image.open(p).convert("RGB")
+        lmk = mesh(np.ascontiguousarray(np.asarray(im)))
+        if lmk is None:  # a photo that is already a tight face crop: its centre square
+            centre, side = np.array(im.size) / 2, float(min(im.size))
+        else:
+            xy = lmk[:, :2] * np.array(im.size)
+            centre, side = (xy.min(0) + xy.max(0)) / 2, 2.2 * float((xy.max(0) - xy.min(0)).max())
+        box = (*(centre - side / 2), *(centre + side / 2))
+        dst = root / p.parent.name / (p.stem + ".jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        im.crop(tuple(int(round(v)) for v in box)).resize((250, 250), Image.BICUBIC).save(dst, quality=90)
+    return root
+
+
 def _rate(n: int, fn) -> float:
     start = time.perf_counter()
     fn()
     return n / (time.perf_counter() - start)
 
 
-def test_etl_throughput(corpus, tmp_path):
+def _build(corpus: Path, out: Path, runner: str, workers: int, engine: str = "torch"):
+    cfg = BuildConfig(sources=[f"casia:{corpus}"], out=out, runner=runner, workers=workers, shard_size=32,
+                      stages={"identity": StageConfig(backend="dlib", options={"engine": engine})})
+    res = build_dataset(cfg, progress=False)
+    if runner == "ray":
+        ray.shutdown()
+    return res
+
+
+def _throughput(corpus: Path, tmp_path: Path, engines: tuple[str, ...]) -> None:
     paths = sorted(p for p in corpus.rglob("*") if p.is_file())
     n = len(paths)
     decode = _rate(n, lambda: [np.asarray(Image.open(p).convert("RGB")) for p in paths])
@@ -52,35 +88,36 @@ def test_etl_throughput(corpus, tmp_path):
     mesh(images[0])  # warm-up outside the clock
     mesh_rate = _rate(n, lambda: [mesh(im) for im in images])
 
-    def build(runner: str, workers: int, out: str) -> float:
-        cfg = BuildConfig(sources=[f"casia:{corpus}"], out=tmp_path / out, runner=runner, workers=workers,
-                          shard_size=32)
-        res = build_dataset(cfg, progress=False)
-        assert res.balanced and res.accepted == n
+    def build(runner: str, workers: int, engine: str = "torch") -> float:
+        res = _build(corpus, tmp_path / f"{runner}{workers}{engine}", runner, workers, engine)
+        assert res.balanced and res.accepted == n, (res.accepted, n)
         return res.inputs / res.seconds
 
-    local = build("local", 1, "local")
-    ray1 = build("ray", 1, "ray1")
-    ray.shutdown()
-    ray2 = build("ray", 2, "ray2")
-    ray.shutdown()
+    local = {e: build("local", 1, e) for e in engines}
+    ray1, ray2 = build("ray", 1), build("ray", 2)
     both = 1.0 / (1.0 / decode + 1.0 / mesh_rate)  # the least any pipeline must do per image
-    rows = [("decode alone (1 process)", decode, decode / mesh_rate),
-            ("mediapipe face mesh alone (1 process)", mesh_rate, 1.0),
-            ("decode + face mesh (1 process)", both, both / mesh_rate),
-            ("pipeline, local runner (1 process)", local, local / mesh_rate),
-            ("pipeline, Ray, 1 worker", ray1, ray1 / mesh_rate),
-            ("pipeline, Ray, 2 workers", ray2, ray2 / mesh_rate)]
-    print(f"\n{n} images ({COPIES} copies of the sample's single-face photos)")
-    print(f"{'what':42s} {'images/s':>9s} {'x mesh alone':>13s}")
-    for what, rate, ratio in rows:
-        print(f"{what:42s} {rate:9.1f} {ratio:13.2f}")
-    print(f"pipeline (local) / (decode + face mesh): {local / both:.2f}")
+    rows = [("decode alone (1 process)", decode), ("mediapipe face mesh alone (1 process)", mesh_rate),
+            ("decode + face mesh (1 process)", both)]
+    rows += [(f"pipeline, local runner (1 process), id {e}", rate) for e, rate in local.items()]
+    rows += [("pipeline, Ray, 1 worker", ray1), ("pipeline, Ray, 2 workers", ray2)]
+    print(f"\n{corpus.name}: {n} images ({COPIES} copies of the sample's single-face photos)")
+    print(f"{'what':48s} {'images/s':>9s} {'x mesh alone':>13s}")
+    for what, rate in rows:
+        print(f"{what:48s} {rate:9.1f} {rate / mesh_rate:13.2f}")
+    print(f"pipeline (local, torch) / (decode + face mesh): {local['torch'] / both:.2f}")
     print(f"Ray scaling 2 workers / 1 worker: {ray2 / ray1:.2f}; per core (2 workers): {ray2 / 2:.1f} images/s")
-    stages = read_manifest(tmp_path / "local").filter(like="t_").mean()
-    print("per-stage ms per image (local run, from the manifest):")
-    for col, ms in stages.items():
-        print(f"  {col[2:-3]:14s} {ms:8.2f}")
-    busy = stages.sum()
-    print(f"sum of stages {busy:.1f} ms vs wall {1000 / local:.1f} ms per image: "
-          f"engine overhead {1000 / local / busy:.2f}x")
+    tables = {e: read_manifest(tmp_path / f"local1{e}").filter(like="t_").mean() for e in engines}
+    print("per-stage ms per image (local runs, from the manifest): " + " | ".join(f"id {e}" for e in engines))
+    for col in tables["torch"].index:
+        print(f"  {col[2:-3]:14s} " + " ".join(f"{tables[e][col]:8.2f}" for e in engines))
+    busy = tables["torch"].sum()
+    print(f"sum of stages {busy:.1f} ms vs wall {1000 / local['torch']:.1f} ms per image: "
+          f"engine overhead {1000 / local['torch'] / busy:.2f}x")
+
+
+def test_etl_throughput(corpus, tmp_path):
+    _throughput(corpus, tmp_path, ("torch",))
+
+
+def test_etl_throughput_casia_sized(casia_corpus, tmp_path):
+    _throughput(casia_corpus, tmp_path, ("dlib", "torch"))

@@ -14,36 +14,13 @@ import torch
 pytestmark = [pytest.mark.bench, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def sd21_base_random(dtype: torch.dtype):
-    """SD 2.1-base's architecture (stabilityai/stable-diffusion-2-1-base configs), random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from denseface.model.tiny_sd import SDComponents, build_tiny_tokenizer, sd21_unet_config
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**sd21_unet_config())
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512)
-    tok = build_tiny_tokenizer()
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
-                                        num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
-                                        hidden_act="gelu", projection_dim=1024, bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                          beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    for m in (unet, vae, text):
-        m.to("cuda", dtype).eval()
-    return SDComponents(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=sched)
-
-
 def test_seconds_per_personalized_image_at_512():
     from denseface.generate import UNTRAINED_CONFIG, DenseFaceGenerator, FaceRegion, square_quad
     from denseface.model.dense_face import DenseFace
+    from denseface.model.tiny_sd import build_random_sd21
 
     dtype = torch.float16
-    sd = sd21_base_random(dtype)
+    sd = build_random_sd21("cuda", dtype)
     model = DenseFace.from_sd(sd, UNTRAINED_CONFIG)
     model.trainable_modules().to("cuda", dtype)
     model.eval()
