@@ -208,7 +208,7 @@ class DlibDescriptor:
     dim = 128
 
     def __init__(self, folder: Path, num_jitters: int = 0, padding: float = 0.25, engine: str = "torch",
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", threads: int = 1) -> None:
         import dlib
 
         self._dlib = dlib
@@ -217,6 +217,10 @@ class DlibDescriptor:
         if engine == "torch":
             from denseface.model.dlib_resnet import DlibFaceResNet
 
+            import torch
+
+            if device == "cpu":  # the stage's CPUs, as onnxruntime gets them: more threads only spin
+                torch.set_num_threads(threads)
             self.device = device
             self._torch_net = DlibFaceResNet.load(folder / DLIB_RECOGNITION).to(device)
         else:
@@ -385,7 +389,8 @@ class Identity(Stage):
             self._model = DlibDescriptor(dlib_weights_dir(self.conf.weights),
                                          num_jitters=int(self._option("num_jitters", 0)),
                                          padding=float(self._option("padding", 0.25)),
-                                         engine=self._option("engine", "torch"), device=self.device())
+                                         engine=self._option("engine", "torch"), device=self.device(),
+                                         threads=max(1, int(self.conf.num_cpus)))
         else:
             self._model = ArcFaceOnnx(Path(self.conf.weights).expanduser(), use_gpu=self.conf.num_gpus > 0,
                                       threads=max(1, int(self.conf.num_cpus)),

@@ -14,6 +14,7 @@ from denseface.annotators.detect_align import DetectAlign
 from denseface.annotators.head_pose import HeadPose
 from denseface.annotators.identity import Identity
 from denseface.annotators.landmarks import Landmarks
+from denseface.annotators.latent import Latent
 from denseface.annotators.pseudo_mask import PseudoMask
 from denseface.annotators.restore import Restore
 from denseface.config import BuildConfig
@@ -24,6 +25,7 @@ STAGES: tuple[type[Stage], ...] = (
     Decode,
     DetectAlign,
     Restore,
+    Latent,
     Landmarks,
     Depth,
     PseudoMask,

@@ -11,7 +11,7 @@ from denseface.shards.reader import iter_samples
 from denseface.train.data import (BadShardError, CorruptSampleWarning, DataState, SampleToTensors, collate, make_loader,
                                   make_pipeline, resolve_urls)
 from denseface.train.identity_index import IdentityIndex, fingerprint
-from denseface.train.synthetic import write_synthetic_dataset
+from denseface.train.synthetic import SYNTHETIC_VAE, write_synthetic_dataset
 from denseface.train.targets import render_heatmaps
 
 
@@ -169,10 +169,11 @@ def test_truncated_shard_is_named_then_stops_or_is_skipped(dataset, tmp_path):
 def test_cached_latents_replace_the_image(tmp_path):
     ds = write_synthetic_dataset(tmp_path / "lat", identities=1, per_identity=2, latent_size=8)
     urls = resolve_urls(str(ds))
-    b = next(iter(make_pipeline(urls, SampleToTensors(64, 8), 2, loop=False)))
+    b = next(iter(make_pipeline(urls, SampleToTensors(64, 8, latent_vae=SYNTHETIC_VAE), 2, loop=False)))
     assert tuple(b["latent"].shape) == (2, 4, 8, 8) and "image" not in b and b["has_latent"].all()
-    b = next(iter(make_pipeline(urls, SampleToTensors(64, 8, use_latents=False), 2, loop=False)))
-    assert "latent" not in b and tuple(b["image"].shape) == (2, 3, 64, 64)
-    with pytest.warns(UserWarning, match="does not match resolution"):  # a 64 px latent is no 512 px one
-        with pytest.raises(RuntimeError, match="no usable sample"):
-            next(iter(make_pipeline(urls, SampleToTensors(512, 64), 2)))
+    # not wanted, made by another VAE, or at another resolution: the image goes through the VAE
+    for tr in (SampleToTensors(64, 8), SampleToTensors(64, 8, latent_vae="another-vae"),
+               SampleToTensors(512, 64, latent_vae=SYNTHETIC_VAE)):
+        b = next(iter(make_pipeline(urls, tr, 2, loop=False)))
+        assert "latent" not in b and tuple(b["image"].shape) == (2, 3, tr.resolution, tr.resolution)
+        assert not b["has_latent"].any()

@@ -25,7 +25,7 @@ class TrainConfig(BaseModel):
     bad_shards: Literal["stop", "skip"] = "stop"  # an unreadable local shard: stop naming it, or skip + count
     shuffle_buffer: int = Field(1000, ge=1)
     chunk_shards: int = Field(4, ge=1)  # shards per shuffle chunk (bounds the re-read on resume)
-    use_latents: bool = True  # take latent.npy when a sample has one, instead of running the VAE
+    use_latents: bool = True  # take latent.npy when a sample has one made by this VAE, instead of running it
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)  # prompt -> "" (classifier-free guidance)
     # model
     pretrained: Path | None = None  # local diffusers SD folder (SD 2.1); None: the tiny offline model

@@ -9,8 +9,9 @@ Per sample (`SampleToTensors`), at training resolution R (512 for SD 2.1, 64 for
 model) and dense-head size S (R/8 by default, the latent size):
 
 * ``image`` (3, R, R) in [-1, 1], or ``latent`` (4, R/8, R/8) when the shard has
-  ``latent.npy`` (convention: the VAE posterior mean, before ``scaling_factor``) and latents
-  are wanted, so the trainer skips the VAE;
+  ``latent.npy`` (convention: the VAE posterior mean, before ``scaling_factor``) made by the
+  trainer's own VAE (json ``latent_vae`` = `vae_fingerprint`) at this resolution, so the
+  trainer skips the VAE; any other latent is ignored;
 * ``landmarks`` (478, 2) in [0, 1], and ``heatmaps`` (478, S, S) (Gaussian, ``sigma`` in
   head pixels) unless the trainer renders them on the accelerator (large S);
 * ``mask`` (S, S) int64 class ids (nearest), ``depth`` (1, S, S) in [0, 1] (area);
@@ -131,28 +132,24 @@ class SampleToTensors:
     seed: int = 0
     index: IdentityIndex | None = None
     heatmaps: bool = True
-    use_latents: bool = True
+    latent_vae: str | None = None  # use latent.npy made by this VAE (json ``latent_vae``); None: never
 
     def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
         key = raw["__key__"]
         missing = [m for m in NEEDED if m not in raw]
-        latent = self.use_latents and LATENT in raw
-        if not latent and JPG not in raw:
-            missing.append(JPG)
         if missing:
             raise KeyError(f"missing member(s) {', '.join(missing)}")
-        names = list(NEEDED) + ([LATENT] if latent else [JPG]) + ([ID] if ID in raw else [])
-        s = decode_members({m: raw[m] for m in names})
+        s = decode_members({m: raw[m] for m in NEEDED + ((ID,) if ID in raw else ())})
         meta = s[JSON]
+        z = self.cached_latent(raw, meta)
+        if z is None and JPG not in raw:
+            raise KeyError(f"missing member {JPG} (and no usable {LATENT})")
         rng = np.random.default_rng(seed_of(self.seed, raw["__pos__"][0], key))
         out: dict[str, Any] = {"key": key, "__pos__": raw["__pos__"], "__worker__": raw["__worker__"]}
-        if latent:
-            z = torch.from_numpy(np.asarray(s[LATENT], np.float32))
-            if tuple(z.shape[-2:]) != (self.resolution // 8, self.resolution // 8):
-                raise ValueError(f"latent {tuple(z.shape)} does not match resolution {self.resolution}")
+        if z is not None:
             out["latent"] = z
         else:
-            out["image"] = image_tensor(s[JPG], self.resolution)
+            out["image"] = image_tensor(decode_members({JPG: raw[JPG]})[JPG], self.resolution)
         lmk = np.asarray(s[LMK], np.float32)
         if lmk.ndim != 2 or lmk.shape[1] < 2:
             raise ValueError(f"landmarks have shape {lmk.shape}")
@@ -173,6 +170,14 @@ class SampleToTensors:
             ref = key, np.asarray(s[ID], np.float32).ravel()
         out["ref_key"], out["id_emb"] = ref[0], torch.from_numpy(np.array(ref[1], np.float32))
         return out
+
+    def cached_latent(self, raw: dict[str, Any], meta: dict) -> torch.Tensor | None:
+        """The sample's latent if it was made by the trainer's VAE at this resolution, else None
+        (the image goes through the VAE instead)."""
+        if self.latent_vae is None or LATENT not in raw or meta.get("latent_vae") != self.latent_vae:
+            return None
+        z = torch.from_numpy(np.asarray(decode_members({LATENT: raw[LATENT]})[LATENT], np.float32))
+        return z if tuple(z.shape[-2:]) == (self.resolution // 8, self.resolution // 8) else None
 
     def caption(self, meta: dict, rng: np.random.Generator) -> str:
         texts = [c["text"] for c in meta.get("captions") or [] if isinstance(c, dict) and c.get("text")]

@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from denseface.annotators.latent import vae_fingerprint
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
 from denseface.train import checkpoint as ckpt
@@ -160,6 +161,7 @@ class Trainer:
         for frozen in (self.sd.unet, self.sd.text_encoder):
             frozen.to(acc.device) if self.weight_dtype == torch.float32 else frozen.to(acc.device, dtype=self.weight_dtype)
         self.sd.vae.to(acc.device)  # fp32: fp16 VAE encoders can overflow
+        self.vae_id = vae_fingerprint(self.sd.vae) if cfg.use_latents else None  # which latent.npy to trust
         if cfg.gradient_checkpointing:
             self.sd.unet.enable_gradient_checkpointing()
             model.pose_branch.net.enable_gradient_checkpointing()
@@ -188,7 +190,7 @@ class Trainer:
 
     def transform(self, caption_dropout: float) -> SampleToTensors:
         return SampleToTensors(self.resolution, self.head_size, self.cfg.heatmap_sigma, caption_dropout,
-                               self.cfg.seed, self.index, self.heatmaps_in_loader, self.cfg.use_latents)
+                               self.cfg.seed, self.index, self.heatmaps_in_loader, self.vae_id)
 
     def train_loader(self) -> torch.utils.data.DataLoader:
         acc, cfg = self.accelerator, self.cfg

@@ -22,6 +22,7 @@ from denseface.shards import schema
 from denseface.shards.writer import write_unit
 
 SIZE = 512
+SYNTHETIC_VAE = "synthetic"  # the latent_vae of random latents: no real VAE matches it
 
 
 def synthetic_landmarks(yaw: float, pitch: float, roll: float, scale: float = 0.034,
@@ -73,6 +74,7 @@ def synthetic_members(key: str, identity: str, id_vec: np.ndarray, tint: np.ndar
     arrays = {"lmk": lmk, "depth": depth, "mask": mask, "id": (emb / np.linalg.norm(emb)).astype(np.float32)}
     if latent_size:
         arrays["latent"] = rng.normal(0.0, 1.0, (4, latent_size, latent_size)).astype(np.float32)
+        meta["latent_vae"] = SYNTHETIC_VAE
     return schema.encode_members(synthetic_image(mask, depth, tint, rng), meta, arrays)
 
 
@@ -83,7 +85,7 @@ def write_synthetic_dataset(root: Path, identities: int = 2, per_identity: int =
 
     Keys are ``id{i}_{j}``; samples go round-robin to shards. Keys in ``corrupt`` get
     undecodable jpg bytes (to test that the trainer skips them). ``latent_size`` adds random
-    ``latent.npy`` members of that size.
+    ``latent.npy`` members of that size (``latent_vae`` = `SYNTHETIC_VAE`).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)

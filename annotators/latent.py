@@ -1,0 +1,92 @@
+"""Optional VAE latent of the aligned crop (``latent.npy``; DESIGN §4), so training need not
+run the VAE on every step.
+
+* ``none`` (default, ``default`` means ``none``): nothing is written.
+* ``vae``: ``AutoencoderKL`` from ``weights``, a local diffusers folder (an SD folder with
+  ``vae/``, or a VAE folder). The member is the posterior *mean* of the 512 crop, before
+  ``scaling_factor`` (float16, 4 x 64 x 64 for SD's VAE), the trainer's convention
+  (`denseface.train.data`). Runs batched on the GPU when the stage has ``num_gpus``, in fp32
+  (fp16 VAE encoders can overflow).
+
+``latent_vae`` (json and manifest) names the VAE that made the latent: a fingerprint of its
+config and weights (`vae_fingerprint`). The trainer uses a cached latent only when it equals
+its own VAE's, so a dataset encoded with another VAE silently costing quality cannot happen.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from denseface.annotators.base import Item, Stage
+from denseface.config import BuildConfig, StageConfig
+
+BACKENDS = ("none", "vae")
+
+
+def vae_fingerprint(vae) -> str:
+    """sha1 (16 hex) of the VAE's config and every parameter's bytes, in fp32."""
+    import torch
+
+    h = hashlib.sha1(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}, sort_keys=True,
+                                default=str).encode())
+    with torch.no_grad():
+        for name, t in sorted(vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def vae_folder(weights: str | Path) -> tuple[Path, str | None]:
+    """(folder, subfolder) for ``AutoencoderKL.from_pretrained``: an SD folder's ``vae/`` or a VAE folder."""
+    path = Path(weights).expanduser()
+    if (path / "vae" / "config.json").is_file():
+        return path, "vae"
+    if (path / "config.json").is_file():
+        return path, None
+    raise FileNotFoundError(f"latent backend vae: no diffusers VAE at {path} (neither vae/config.json nor "
+                            "config.json); set stages.latent.weights to a local SD 2.1 folder "
+                            "(e.g. huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir DIR)")
+
+
+class Latent(Stage):
+    name = "latent"
+    version = "1"
+    manifest_fields = {"latent_vae": "string"}
+
+    def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
+        super().__init__(build, conf)
+        self.backend = "none" if self.conf.backend in ("default", "") else self.conf.backend
+        if self.backend not in BACKENDS:
+            raise ValueError(f"latent: unknown backend {self.conf.backend!r}; choose one of {list(BACKENDS)}")
+        self._vae = None
+        self.fingerprint = ""
+
+    def check(self) -> None:
+        if self.backend == "vae":
+            if not self.conf.weights:
+                raise FileNotFoundError("latent backend vae needs weights: stages.latent.weights is unset; set it to "
+                                        "a local diffusers SD 2.1 folder (the VAE the trainer will use)")
+            vae_folder(self.conf.weights)
+
+    def setup(self) -> None:
+        if self.backend == "vae":
+            from diffusers import AutoencoderKL
+
+            folder, sub = vae_folder(self.conf.weights)
+            self._vae = AutoencoderKL.from_pretrained(folder, subfolder=sub).to(self.device()).eval()
+            self.fingerprint = vae_fingerprint(self._vae)
+
+    def process_batch(self, items: list[Item]) -> None:
+        if self._vae is None:
+            return
+        import torch
+
+        x = torch.from_numpy(np.stack([it.image for it in items])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.inference_mode():
+            mean = self._vae.encode(x.to(self._vae.device)).latent_dist.mean.float().cpu().numpy()
+        for item, z in zip(items, mean):
+            item.arrays["latent"] = z
+            item.fields["latent_vae"] = self.fingerprint
