@@ -197,17 +197,17 @@ class IdentityIndex:
         dims = {p[2].shape[1] for p in parts}
         if len(dims) != 1:
             raise ValueError(f"identity embeddings of different sizes {sorted(dims)} in one dataset")
-        keys = np.concatenate([p[0] for p in parts])
+        keys, idents, emb = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        del parts  # at 2 M rows every copy of the embeddings is 512 MB: hold at most two
         order = np.argsort(keys, kind="stable")
         keys_arr = keys[order]
         if (keys_arr[1:] == keys_arr[:-1]).any():
             raise ValueError("duplicate sample keys across shards")
-        idents = np.concatenate([p[1] for p in parts])[order]
-        names, group = np.unique(idents, return_inverse=True)
+        names, group = np.unique(idents[order], return_inverse=True)
         group = group.astype(np.int32)
         by_group = np.argsort(group, kind="stable").astype(np.int32)  # rows of a group in key order
         starts = np.searchsorted(group[by_group], np.arange(len(names) + 1)).astype(np.int64)
-        emb = np.concatenate([p[2] for p in parts])[order].astype(np.float16)
+        emb = emb.astype(np.float16, copy=False)[order]
         return cls({"keys": keys_arr, "group": group, "order": by_group, "starts": starts, "emb": emb})
 
     def save(self, path: Path) -> Path:
