@@ -18,7 +18,8 @@ def test_gpu_bench_code_runs_on_cpu_with_tiny_shapes(tmp_path):
     # the peers train what they should: ControlNet about half a UNet, full fine-tuning all of it
     assert train["ControlNet (frozen UNet)"]["trained_m"] < train["full-UNet fine-tuning"]["trained_m"]
     stages = stage_figures(TINY)
-    assert set(stages) == {"CodeFormer", "Hopenet (ResNet-50)", "dlib face ResNet (torch)"}
+    assert set(stages) == {"CodeFormer", "Hopenet (ResNet-50)", "ArcFace IR-SE50 (torch)",
+                           "dlib face ResNet (torch)"}
     assert all(rate > 0 for rate in stages.values())
     text = report(TINY, train, stages)
     assert "x ControlNet" in text and "CPU" in text

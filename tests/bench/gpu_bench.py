@@ -10,7 +10,7 @@ its baseline.
   optional ``latent.npy`` gives them) vs plain full-UNet fine-tuning vs diffusers ControlNet
   training (frozen UNet, the nearest peer), all with the same VAE and text encoding;
 * ETL model stages in images/s at a batch size: CodeFormer (512 px), Hopenet (ResNet-50,
-  224 px), dlib's face ResNet in torch (150 px chips).
+  224 px), ArcFace IR-SE50 (112 px), dlib's face ResNet in torch (150 px chips).
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ def stage_figures(shape: Shape) -> dict[str, float]:
     from denseface.model.codeformer import CodeFormer
     from denseface.model.dlib_resnet import DlibFaceResNet
     from denseface.model.hopenet import Hopenet
+    from denseface.model.irse50 import IRSE50
 
     tiny_codeformer = dict(nf=4, ch_mult=(1, 1, 2, 2, 4, 4), norm_groups=4, emb_dim=16, dim_embd=32, n_head=4,
                            n_layers=1, codebook_size=16, img_size=64, latent_size=None, connect_list=("16", "32"))
@@ -166,6 +167,7 @@ def stage_figures(shape: Shape) -> dict[str, float]:
         "CodeFormer": (CodeFormer() if shape.full_size else CodeFormer(**tiny_codeformer), 512 if shape.full_size else 64,
                        "nchw"),
         "Hopenet (ResNet-50)": (Hopenet(), 224, "nchw"),  # its pooling needs 224 px
+        "ArcFace IR-SE50 (torch)": (IRSE50(), 112, "nchw"),
         "dlib face ResNet (torch)": (DlibFaceResNet.load(dlib_weights_dir(None) / DLIB_RECOGNITION), 150, "nhwc"),
     }
     out = {}
