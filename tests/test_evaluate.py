@@ -130,6 +130,23 @@ def test_parse_metrics():
 # ---------------------------------------------------------------------------------- models
 
 
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_rewritten_networks_have_the_published_parameter_counts():
+    # torchvision inception_v3: 27 161 264 in all, less fc (2048 x 1000 + 1000) and AuxLogits
+    # (128 x 768 + 256 BN, 768 x 128 x 25 + 1536 BN, 768 x 1000 + 1000): the FID trunk
+    assert _count(inception.FIDInception()) == 27_161_264 - 2_049_000 - 3_326_696
+    # torchvision alexnet: 61 100 840 in all, less the classifier's three linears; + 5 LPIPS lins
+    net = lpips.LPIPS()
+    assert _count(net.net) == 61_100_840 - (9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000)
+    assert _count(net) - _count(net.net) == sum(lpips.CHANNELS)
+    # AdaFace / insightface IR-50 and IR-100: 43.6 M and 65.2 M parameters
+    assert round(_count(adaface.AdaFaceBackbone(50)) / 1e6, 1) == 43.6
+    assert round(_count(adaface.AdaFaceBackbone(100)) / 1e6, 1) == 65.2
+
+
 def test_clip_t_is_clip_models_own_cosine(tiny, photos):
     import transformers as tf
 

@@ -82,24 +82,36 @@ def _chunks(seq: Sequence, n: int = BATCH):
         yield seq[i:i + n]
 
 
-class ClipEncoder:
-    """CLIP image and text embeddings (the projections CLIPModel's logits use)."""
+class ImageEncoder:
+    """A transformers image model and its processor: RGB images -> (N, D) embeddings (`embed`)."""
 
-    def __init__(self, ref: str, device: str = "cpu") -> None:
-        from transformers import CLIPModel, CLIPProcessor
-
+    def __init__(self, model, processor, device: str) -> None:
         self.device = torch.device(device)
-        self.model = hf_load(CLIPModel, ref, "CLIP", "--clip").to(self.device).eval()
-        self.processor = hf_load(CLIPProcessor, ref, "CLIP", "--clip")
+        self.model, self.processor = model.to(self.device).eval(), processor
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.inference_mode()
     def images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         out = []
         for chunk in _chunks(list(images)):
             px = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)
-            pooled = self.model.vision_model(pixel_values=px).pooler_output
-            out.append(self.model.visual_projection(pooled).float().cpu().numpy())
+            out.append(self.embed(px).float().cpu().numpy())
         return np.concatenate(out)
+
+
+class ClipEncoder(ImageEncoder):
+    """CLIP image and text embeddings (the projections CLIPModel's logits use)."""
+
+    def __init__(self, ref: str, device: str = "cpu") -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        super().__init__(hf_load(CLIPModel, ref, "CLIP", "--clip"), hf_load(CLIPProcessor, ref, "CLIP", "--clip"),
+                         device)
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision_model(pixel_values=pixel_values).pooler_output)
 
     @torch.inference_mode()
     def texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -112,23 +124,17 @@ class ClipEncoder:
         return np.concatenate(out)
 
 
-class DinoEncoder:
+class DinoEncoder(ImageEncoder):
     """The CLS token of a ViT (DINO, DINOv2) image model's last layer."""
 
     def __init__(self, ref: str, device: str = "cpu") -> None:
         from transformers import AutoImageProcessor, AutoModel
 
-        self.device = torch.device(device)
-        self.model = hf_load(AutoModel, ref, "DINO", "--dino").to(self.device).eval()
-        self.processor = hf_load(AutoImageProcessor, ref, "DINO", "--dino")
+        super().__init__(hf_load(AutoModel, ref, "DINO", "--dino"), hf_load(AutoImageProcessor, ref, "DINO", "--dino"),
+                         device)
 
-    @torch.inference_mode()
-    def images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        out = []
-        for chunk in _chunks(list(images)):
-            px = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device)
-            out.append(self.model(pixel_values=px).last_hidden_state[:, 0].float().cpu().numpy())
-        return np.concatenate(out)
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
 
 
 @dataclass
