@@ -313,7 +313,7 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny, tmp_path, capsys):
     ffhq = tmp_path / "ffhq"
     shutil.copytree(subjects / "obama", ffhq)
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# the paper's list goes here\n\na photo of a smiling man\n")
+    prompts.write_text("# the paper's list goes here\n\na photo of * smiling\n")
     out = tmp_path / "eval"
     args = ["evaluate", "--subjects", str(subjects), "--prompts", str(prompts), "--targets", str(targets),
             "--out", str(out), "--n", "2", "--steps", "2", "--device", "cpu", "--metrics", "all",
@@ -339,6 +339,8 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny, tmp_path, capsys):
     assert info["generation_failures"] == [] and len(info["summary"]) == len(summary)
     side = json.loads(next((out / "images" / "obama").glob("swap-*.json")).read_text())
     assert side["mode"] == "swap" and side["target"].endswith("tom_hanks.png") and side["pose_condition"]
+    text = json.loads(next((out / "images" / "obama").glob("text-*.json")).read_text())
+    assert text["prompt"] == "a photo of * smiling" and text["clip_text"] == "a photo of face smiling"
     page = (out / "report.html").read_text()
     assert page.count('<img class="plot"') == len(per) and 'id="s-biden"' in page
 

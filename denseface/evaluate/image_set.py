@@ -4,7 +4,9 @@
 * prompts: a text file, one prompt a line (blank lines and ``#`` comments skipped);
 * evaluated images: ``IMAGES/<subject>/<name>.<png|jpg|...>``, each with an optional
   ``<name>.json`` sidecar: ``mode`` ("text" or "swap"), ``prompt``, ``seed``, ``reference``,
-  ``target``, ``pose_condition`` ({yaw, pitch, roll} in the project's convention, or null).
+  ``target``, ``pose_condition`` ({yaw, pitch, roll} in the project's convention, or null),
+  ``clip_text`` (CLIP-T's text when not the prompt: Dense-Face's prompt with a written identity
+  placeholder ``*`` read as its anchor word, as G1 reads it).
   ``denseface evaluate`` writes this layout; images made by other methods need only the
   folders (and a sidecar with the prompt for CLIP-T, the conditioning pose for pose accuracy).
 """
@@ -35,6 +37,11 @@ class EvalImage:
     reference: str | None = None
     target: str | None = None
     pose_condition: dict[str, float] | None = None
+    clip_text: str | None = None  # what CLIP-T compares with, when not the prompt itself
+
+    @property
+    def text(self) -> str | None:
+        return self.clip_text or self.prompt
 
     def sidecar(self) -> dict:
         d = asdict(self)
@@ -90,7 +97,7 @@ def read_images(root: str | Path) -> list[EvalImage]:
                 raise EvalInputError(f"{side}: pose_condition must hold numbers {POSE_KEYS}, got {pose}")
             out.append(EvalImage(subject=d.name, path=str(img), mode=meta.get("mode", "text"),
                                  prompt=meta.get("prompt"), seed=meta.get("seed"), reference=meta.get("reference"),
-                                 target=meta.get("target"), pose_condition=pose))
+                                 target=meta.get("target"), pose_condition=pose, clip_text=meta.get("clip_text")))
     if not out:
         raise EvalInputError(f"--images {root}: no images in IMAGES/<subject>/ folders")
     return out

@@ -144,8 +144,9 @@ def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], pro
                         if region.landmarks is not None else None)
                 path = folder / f"{mode}-{tag}-s{seed}.png"
                 Image.fromarray(res.final).save(path)
+                text = gen.model.prompt_for(prompt, identity=False)
                 record = EvalImage(subject, str(path), mode, prompt, seed, str(reference),
-                                   str(target) if target else None, pose)
+                                   str(target) if target else None, pose, text if text != prompt else None)
                 write_image(record)
                 images.append(record)
     progress.close()
@@ -185,11 +186,11 @@ def score(images: list[EvalImage], subjects: dict[str, list[Path]], scorers: Sco
     if scorers.clip is not None:
         img_emb = scorers.clip.images(pixels)
         if "clip_t" in metrics:
-            has_prompt = np.array([bool(im.prompt) for im in images])
+            has_text = np.array([bool(im.text) for im in images])
             clip_t = np.full(len(images), np.nan)
-            if has_prompt.any():
-                idx = np.flatnonzero(has_prompt)
-                clip_t[idx] = M.paired_cosine(img_emb[idx], scorers.clip.texts([images[i].prompt for i in idx]))
+            if has_text.any():
+                idx = np.flatnonzero(has_text)
+                clip_t[idx] = M.paired_cosine(img_emb[idx], scorers.clip.texts([images[i].text for i in idx]))
             rows["clip_t"] = clip_t
         if "clip_i" in metrics:
             rows["clip_i"] = per_subject(img_emb, {s: scorers.clip.images(px) for s, px in real_pixels.items()},
