@@ -343,6 +343,7 @@ def test_evaluate_end_to_end_on_the_tiny_model(tiny, tmp_path, capsys):
     assert text["prompt"] == "a photo of * smiling" and text["clip_text"] == "a photo of face smiling"
     page = (out / "report.html").read_text()
     assert page.count('<img class="plot"') == len(per) and 'id="s-biden"' in page
+    assert "<td>n/a</td>" in page  # the face metrics of noise images
 
     # the same images scored again from disk, as another method's images would be
     rc = main(["evaluate", "--subjects", str(subjects), "--images", str(out / "images"), "--out",

@@ -15,7 +15,8 @@ import pandas as pd
 from denseface.inspection import _CSS, _SCRIPT, _na, _table
 
 THUMB = 160  # px, thumbnail side in the grids
-GRID_CSS = ".grid{display:flex;flex-wrap:wrap;gap:6px} .cell{width:%dpx;font-size:11px;color:#444}" % THUMB
+GRID_CSS = (".grid{display:flex;flex-wrap:wrap;gap:6px} .cell{width:%dpx;font-size:11px;color:#444} "
+            "table.overall,table.subjects{display:block;overflow-x:auto}" % THUMB)
 
 
 def _thumb(path: str) -> str:
@@ -31,7 +32,7 @@ def _thumb(path: str) -> str:
 
 
 def _rows(df: pd.DataFrame) -> tuple[list[list[Any]], list[str]]:
-    return df.astype(object).where(df.notna(), None).values.tolist(), list(df.columns)
+    return df.astype(object).values.tolist(), list(df.columns)  # NaN shows as "n/a"
 
 
 def _grid(g: pd.DataFrame) -> str:
