@@ -1,34 +1,19 @@
 """Face detection and FFHQ-style alignment to a square crop (512 px by default).
 
-mediapipe's full-range BlazeFace finds every face (the face mesh's own detector is
-short-range and misses small faces); one face is required, since a second one of similar
-size makes the identity of the image ambiguous. The FFHQ recipe (Karras et al.) builds
-an oriented square from the eye centres and the mouth; the detector's six keypoints give
-both, so the face mesh runs once, on the aligned crop.
+Faces come from the detector cascade of `face_detectors` (BlazeFace full- and short-range
+on the photo and on padded and rotated copies, then dlib's CNN); one face is required,
+since a second one of similar size makes the identity of the image ambiguous. The FFHQ
+recipe (Karras et al.) builds an oriented square from the eye centres and the mouth; the
+detectors give both, so the face mesh runs once, on the aligned crop.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
+from denseface.annotators.face_detectors import Face, FaceDetector
 
-_DETECT_MAX_SIDE = 640  # BlazeFace sees 192 px anyway; keypoints come back relative
-
-
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
-    score: float
-    eye_left: np.ndarray  # the eye on the image's left (the subject's right eye)
-    eye_right: np.ndarray
-    mouth: np.ndarray
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
 
 def ffhq_quad(eye_left: np.ndarray, eye_right: np.ndarray, mouth: np.ndarray) -> np.ndarray:
@@ -97,33 +82,10 @@ def choose_face(faces: list[Face], min_face_px: float, area_ratio: float) -> Fac
     return face
 
 
-class FaceDetector:
-    """mediapipe full-range BlazeFace, returning faces in source pixel coordinates."""
-
-    def __init__(self, min_score: float) -> None:
-        import mediapipe as mp
-
-        self._det = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
-
-    def __call__(self, rgb: np.ndarray) -> list[Face]:
-        h, w = rgb.shape[:2]
-        f = min(1.0, _DETECT_MAX_SIDE / max(h, w))
-        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR) if f < 1.0 else rgb
-        result = self._det.process(np.ascontiguousarray(small))
-        faces = []
-        for det in result.detections or []:
-            bb = det.location_data.relative_bounding_box
-            kp = np.array([[k.x * w, k.y * h] for k in det.location_data.relative_keypoints])
-            # mediapipe keypoint 0 is the subject's right eye: the image's left one.
-            faces.append(Face((bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h),
-                              float(det.score[0]), kp[0], kp[1], kp[3]))
-        return faces
-
-
 class DetectAlign(Stage):
     name = "detect_align"
-    version = "1"
-    manifest_fields = {"n_faces": "int32", "face_score": "float32", "bbox": "list<float32>",
+    version = "2"
+    manifest_fields = {"detector": "string", "n_faces": "int32", "face_score": "float32", "bbox": "list<float32>",
                        "crop_transform": "list<float32>", "pad_fraction": "float32"}
 
     def setup(self) -> None:
@@ -137,7 +99,7 @@ class DetectAlign(Stage):
         h, w = item.image.shape[:2]
         item.image = warp_face(item.image, matrix, size)
         scale = item.fields.get("decode_scale", 1.0)  # decoded = scale x source pixels
-        item.fields.update(n_faces=len(faces), face_score=round(face.score, 4),
+        item.fields.update(detector=face.detector, n_faces=len(faces), face_score=round(face.score, 4),
                            pad_fraction=round(pad_fraction(matrix, w, h, size), 4),
                            bbox=[round(v / scale, 2) for v in face.box],
                            crop_transform=[round(float(v), 6) for v in (matrix * [scale, scale, 1.0]).ravel()])
