@@ -3,8 +3,10 @@
 Faces come from the detector cascade of `face_detectors` (BlazeFace full- and short-range
 on the photo and on padded and rotated copies, then dlib's CNN); one face is required,
 since a second one of similar size makes the identity of the image ambiguous. The FFHQ
-recipe (Karras et al.) builds an oriented square from the eye centres and the mouth; the
-detectors give both, so the face mesh runs once, on the aligned crop.
+recipe (Karras et al.) builds an oriented square from the eye centres and the mouth. The
+detectors' keypoints for them are rough (BlazeFace's eye line wanders by 5-10° between a
+photo and the same photo rotated), so they only give a first crop: the face mesh's eyes and
+mouth corners on that crop place the final one, which levels the eyes to within a degree.
 """
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ import cv2
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
+from denseface.annotators import mesh_topology as mt
 from denseface.annotators.face_detectors import Face, FaceDetector
+from denseface.annotators.landmarks import FaceMesh
+
+MESH_EYE_IMG_LEFT = sorted(set(mt.EYE_IMG_LEFT_UPPER + mt.EYE_IMG_LEFT_LOWER))
+MESH_EYE_IMG_RIGHT = sorted(set(mt.EYE_IMG_RIGHT_UPPER + mt.EYE_IMG_RIGHT_LOWER))
+MESH_MOUTH_CORNERS = (61, 291)
 
 
 
@@ -58,6 +66,42 @@ def warp_face(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(region, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
+def mesh_keypoints(landmarks: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """(eye on the image's left, the other eye, mouth) in source pixels from face-mesh
+    landmarks of a ``size`` crop cut with ``matrix``: eye-contour centres and the midpoint of
+    the mouth corners, as FFHQ takes them from dlib's 68 points."""
+    inv = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    pts = np.asarray(landmarks, np.float64)[:, :2] * size @ inv[:, :2].T + inv[:, 2]
+    return pts[MESH_EYE_IMG_LEFT].mean(0), pts[MESH_EYE_IMG_RIGHT].mean(0), pts[list(MESH_MOUTH_CORNERS)].mean(0)
+
+
+def upright_quad(quad: np.ndarray) -> np.ndarray:
+    """The same square turned about its centre to be axis-aligned: an alignment that keeps
+    the head's roll in the crop instead of levelling the eyes."""
+    c = quad.mean(0)
+    half = np.hypot(*(quad[3] - quad[0])) / 2
+    return c + half * np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+
+
+def loose_view(image: np.ndarray, box: tuple[float, float, float, float], size: int = 224) -> np.ndarray:
+    """The unrotated, loose face crop Hopenet was trained and run on (deep-head-pose's
+    ``test_on_video_dlib``: the detector box widened by half its width on each side, raised
+    by three quarters of its height and lowered by a quarter, clipped to the photo), scaled
+    so its shorter side is ``size`` and centre-cropped to ``size`` x ``size``."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    x0, x1 = int(max(0, x0 - bw / 2)), int(min(w, x1 + bw / 2))
+    y0, y1 = int(max(0, y0 - 3 * bh / 4)), int(min(h, y1 + bh / 4))
+    region = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+    f = size / min(region.shape[:2])
+    rw, rh = max(size, round(region.shape[1] * f)), max(size, round(region.shape[0] * f))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(region, (rw, rh), interpolation=interp)
+    top, left = (rh - size) // 2, (rw - size) // 2
+    return np.ascontiguousarray(scaled[top:top + size, left:left + size])
+
+
 def pad_fraction(matrix: np.ndarray, src_w: int, src_h: int, size: int) -> float:
     """Fraction of the crop that lies outside the source image (and is padding)."""
     corners = np.array([[0, 0], [src_w, 0], [src_w, src_h], [0, src_h]], dtype=np.float32)
@@ -83,20 +127,41 @@ def choose_face(faces: list[Face], min_face_px: float, area_ratio: float) -> Fac
 
 
 class DetectAlign(Stage):
+    """Options: ``keep_roll`` (default false) aligns without levelling the eyes, so the crop
+    and the crop-frame pose keep the photo's roll (`upright_quad`).
+
+    Leaves ``item.scratch["loose_view"]`` (`loose_view`) for Hopenet, which must see the
+    unrotated face as in its training, not the levelled crop."""
+
     name = "detect_align"
     version = "2"
     manifest_fields = {"detector": "string", "n_faces": "int32", "face_score": "float32", "bbox": "list<float32>",
                        "crop_transform": "list<float32>", "pad_fraction": "float32"}
 
+    OPTIONS = frozenset({"keep_roll"})
+
+    def check(self) -> None:
+        unknown = set(self.conf.options) - self.OPTIONS
+        if unknown:
+            raise ValueError(f"detect_align: unknown options {sorted(unknown)}; known: {sorted(self.OPTIONS)}")
+
     def setup(self) -> None:
         self._detector = FaceDetector(self.build.min_face_score)
+        self._mesh = FaceMesh(self.build.min_face_score)
 
     def process_one(self, item: Item) -> None:
         faces = self._detector(item.image)
         face = choose_face(faces, self.build.min_face_px, self.build.multi_face_area_ratio)
         size = self.build.crop_size
-        matrix = crop_transform(ffhq_quad(face.eye_left, face.eye_right, face.mouth), size)
+        keypoints = (face.eye_left, face.eye_right, face.mouth)
+        first = crop_transform(ffhq_quad(*keypoints), size)
+        lmk = self._mesh(warp_face(item.image, first, size))
+        if lmk is not None:
+            keypoints = mesh_keypoints(lmk, first, size)
+        quad = ffhq_quad(*keypoints)
+        matrix = crop_transform(upright_quad(quad) if self.conf.options.get("keep_roll") else quad, size)
         h, w = item.image.shape[:2]
+        item.scratch["loose_view"] = loose_view(item.image, face.box)
         item.image = warp_face(item.image, matrix, size)
         scale = item.fields.get("decode_scale", 1.0)  # decoded = scale x source pixels
         item.fields.update(detector=face.detector, n_faces=len(faces), face_score=round(face.score, 4),
