@@ -15,7 +15,7 @@ import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.annotators import mesh_topology as mt
-from denseface.annotators.face_detectors import Face, FaceDetector
+from denseface.annotators.face_detectors import Face, FaceDetector, dlib_models
 from denseface.annotators.landmarks import FaceMesh
 
 MESH_EYE_IMG_LEFT = sorted(set(mt.EYE_IMG_LEFT_UPPER + mt.EYE_IMG_LEFT_LOWER))
@@ -144,6 +144,7 @@ class DetectAlign(Stage):
         unknown = set(self.conf.options) - self.OPTIONS
         if unknown:
             raise ValueError(f"detect_align: unknown options {sorted(unknown)}; known: {sorted(self.OPTIONS)}")
+        dlib_models()  # the cascade's last step: a missing file fails here, before any work
 
     def setup(self) -> None:
         self._detector = FaceDetector(self.build.min_face_score)

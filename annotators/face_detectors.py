@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -153,6 +154,17 @@ DLIB_CNN = "mmod_human_face_detector.dat"
 DLIB_SHAPE_68 = "shape_predictor_68_face_landmarks.dat"
 
 
+def dlib_models() -> Path:
+    """face-recognition-models' folder holding the two files the dlib step needs; a missing
+    file is a FileNotFoundError naming it and how to get it."""
+    folder = dlib_weights_dir(None)
+    for name in (DLIB_CNN, DLIB_SHAPE_68):
+        if folder is None or not (folder / name).is_file():
+            raise FileNotFoundError(f"face detection needs dlib's {name} (face-recognition-models): "
+                                    f"pip install face-recognition-models")
+    return folder
+
+
 class DlibCNN:
     """dlib's MMOD CNN face detector; eyes and mouth from the 68-point shape predictor
     (iBUG 68: points 36-41 the subject's right eye, 42-47 the left, 48 and 54 the mouth corners)."""
@@ -162,9 +174,7 @@ class DlibCNN:
     def __init__(self, min_confidence: float = DLIB_MIN_CONFIDENCE) -> None:
         import dlib
 
-        folder = dlib_weights_dir(None)  # face-recognition-models' folder
-        if folder is None or not (folder / DLIB_CNN).is_file():
-            raise FileNotFoundError(f"{DLIB_CNN} not found: pip install face-recognition-models")
+        folder = dlib_models()
         self._dlib, self.min_confidence = dlib, min_confidence
         self._cnn = dlib.cnn_face_detection_model_v1(str(folder / DLIB_CNN))
         self._shape = dlib.shape_predictor(str(folder / DLIB_SHAPE_68))
@@ -194,7 +204,7 @@ class FaceDetector:
     def __init__(self, min_score: float) -> None:
         full = BlazeFace("full", min_score)
         short = BlazeFace("short", min_score, SHORT_MIN_SPAN)
-        self._dlib = DlibCNN()
+        self._dlib: DlibCNN | None = None  # loaded on the first photo that needs it
         same = lambda im: (im, np.eye(2, 3))  # noqa: E731
         steps: list[Step] = [(full.name, full, same), (f"{full.name}+pad", full, padded_copy)]
         steps += [(f"{full.name}+rot{deg:g}", full, lambda im, a=deg: rotated_copy(im, a)) for deg in ROTATIONS]
@@ -213,7 +223,13 @@ class FaceDetector:
             if faces:
                 return [level(f, detect, rgb) for f in faces]
         copy, to_copy = scaled_copy(rgb, DETECT_MAX_SIDE, DLIB_MIN_SIDE)
-        return [order_eyes(face_to_source(f, to_copy)) for f in self._dlib(copy)]
+        return [order_eyes(face_to_source(f, to_copy)) for f in self.dlib(copy)]
+
+    @property
+    def dlib(self) -> DlibCNN:
+        if self._dlib is None:
+            self._dlib = DlibCNN()
+        return self._dlib
 
 
 def eye_roll(face: Face) -> float:

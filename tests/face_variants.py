@@ -44,11 +44,14 @@ def mirrored(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(image[:, ::-1]), np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0]])
 
 
+_ALIGN = DetectAlign(BuildConfig())  # models load on first use, once
+
+
 def aligned_crop(image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's own aligned crop of the photo, resized to ``side``."""
     item = Item(key="x", identity="x", source="casia", source_path="", unit=0, image=image)
     cfg = BuildConfig()
-    DetectAlign(cfg).process([item])
+    _ALIGN.process([item])
     assert item.ok, item.reason
     m = np.asarray(item.fields["crop_transform"], np.float64).reshape(2, 3) * (side / cfg.crop_size)
     return cv2.resize(item.image, (side, side), interpolation=cv2.INTER_AREA), m

@@ -119,6 +119,14 @@ def test_dlib_cnn_step_finds_the_face_blazeface_finds(detector):
     assert np.linalg.norm(faces[0].eye_left - ref.eye_left) < 0.25 * eye_dist  # same eye, same name
 
 
+def test_missing_dlib_model_fails_the_check_before_work(monkeypatch, tmp_path):
+    import denseface.annotators.face_detectors as fd
+
+    monkeypatch.setattr(fd, "dlib_weights_dir", lambda _: tmp_path)
+    with pytest.raises(FileNotFoundError, match="mmod_human_face_detector.dat.*pip install face-recognition-models"):
+        DetectAlign(BuildConfig()).check()
+
+
 def test_detect_align_records_the_detector():
     cfg = BuildConfig()
     photo = decoded("camera")

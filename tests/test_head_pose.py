@@ -122,14 +122,20 @@ def test_in_plane_rotation_is_roll(aligned_face):
 
 # ---- which frame: crop (stored image) and source photo ------------------------------------
 
+_STAGES: dict[str, tuple] = {}
+
+
 def pose_fields(image: np.ndarray, cfg: BuildConfig | None = None) -> dict:
     """The fields detect_align, landmarks and head_pose give an RGB photo."""
     cfg = cfg or BuildConfig()
     item = Item(key="k", identity="i", source="casia", source_path="", unit=0, image=np.ascontiguousarray(image))
-    for stage in (DetectAlign(cfg), Landmarks(cfg), HeadPose(cfg)):
+    key = cfg.model_dump_json()
+    if key not in _STAGES:  # models load once per configuration
+        _STAGES[key] = (DetectAlign(cfg), Landmarks(cfg), HeadPose(cfg))
+    for stage in _STAGES[key]:
         stage.process([item])
     assert item.ok, item.reason
-    return item.fields | {"loose_view": item.scratch["loose_view"]}
+    return item.fields | {"loose_view": item.scratch["loose_view"], "lmk": item.arrays["lmk"]}
 
 
 def angles(fields: dict, suffix: str = "") -> np.ndarray:
@@ -206,7 +212,7 @@ def test_hopenet_backend_sees_the_loose_view_and_reports_both_frames(tmp_path):
     stage = HeadPose(cfg)
     stage.check()
     item = Item(key="k", identity="i", source="casia", source_path="", unit=0,
-                image=np.zeros((512, 512, 3), np.uint8), arrays={"lmk": face_mesh_of(photo)},
+                image=np.zeros((512, 512, 3), np.uint8), arrays={"lmk": fields["lmk"]},
                 fields={"crop_transform": fields["crop_transform"]}, scratch={"loose_view": view})
     stage.process([item])
     assert item.ok, item.reason and item.fields["pose_backend"] == "hopenet"
@@ -214,13 +220,6 @@ def test_hopenet_backend_sees_the_loose_view_and_reports_both_frames(tmp_path):
     assert np.allclose(angles(item.fields, "_src"), src, atol=1e-3)
     assert np.allclose(angles(item.fields), crop_frame_pose(*src, fields["crop_transform"]), atol=1e-3)
     assert np.allclose(angles(item.fields, "_pnp"), angles(fields, "_pnp"), atol=1e-3)
-
-
-def face_mesh_of(photo: np.ndarray) -> np.ndarray:
-    item = Item(key="k", identity="i", source="casia", source_path="", unit=0, image=np.ascontiguousarray(photo))
-    for stage in (DetectAlign(BuildConfig()), Landmarks(BuildConfig())):
-        stage.process([item])
-    return item.arrays["lmk"]
 
 
 def test_loose_view_is_the_unrotated_widened_box():

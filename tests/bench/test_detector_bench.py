@@ -32,7 +32,7 @@ def test_detector_recall_per_step():
         small, _ = scaled_copy(image)
         for name, detect, make in steps:
             alone[name] += bool(detect(make(small)[0]))
-        alone["dlib_cnn"] += bool(det._dlib(scaled_copy(image, DETECT_MAX_SIDE, DLIB_MIN_SIDE)[0]))
+        alone["dlib_cnn"] += bool(det.dlib(scaled_copy(image, DETECT_MAX_SIDE, DLIB_MIN_SIDE)[0]))
         found = det(image)
         first[found[0].detector if found else "(none)"] += 1
     base_name, base_detect, _ = steps[0]
