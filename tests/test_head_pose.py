@@ -199,7 +199,7 @@ def test_keep_roll_alignment_keeps_the_photo_roll():
 
 def test_hopenet_backend_sees_the_loose_view_and_reports_both_frames(tmp_path):
     torch = pytest.importorskip("torch")
-    from denseface.model.hopenet import Hopenet, HopenetPose
+    from denseface.model.hopenet import Hopenet
 
     torch.manual_seed(0)
     weights = tmp_path / "hopenet.pkl"
@@ -216,7 +216,7 @@ def test_hopenet_backend_sees_the_loose_view_and_reports_both_frames(tmp_path):
                 fields={"crop_transform": fields["crop_transform"]}, scratch={"loose_view": view})
     stage.process([item])
     assert item.ok, item.reason and item.fields["pose_backend"] == "hopenet"
-    src = HopenetPose(weights)(view)  # the source-frame angles are Hopenet's on the loose view
+    src = stage._hopenet(view)  # the loaded weights, on the loose view: the source-frame angles
     assert np.allclose(angles(item.fields, "_src"), src, atol=1e-3)
     assert np.allclose(angles(item.fields), crop_frame_pose(*src, fields["crop_transform"]), atol=1e-3)
     assert np.allclose(angles(item.fields, "_pnp"), angles(fields, "_pnp"), atol=1e-3)
