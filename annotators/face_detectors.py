@@ -243,7 +243,7 @@ def level(face: Face, detect: Callable[[np.ndarray], list[Face]], rgb: np.ndarra
     than ``LEVEL_ABOVE`` degrees and ``detect`` finds it there (the face whose eye centre is
     nearest, within one eye distance); else ``face`` as it is."""
     roll = eye_roll(face)
-    if abs(roll) <= LEVEL_ABOVE:  # noqa
+    if abs(roll) <= LEVEL_ABOVE:
         return face
     small, to_small = scaled_copy(rgb)
     copy, to_copy = rotated_copy(small, roll)
