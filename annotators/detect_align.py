@@ -1,34 +1,27 @@
 """Face detection and FFHQ-style alignment to a square crop (512 px by default).
 
-mediapipe's full-range BlazeFace finds every face (the face mesh's own detector is
-short-range and misses small faces); one face is required, since a second one of similar
-size makes the identity of the image ambiguous. The FFHQ recipe (Karras et al.) builds
-an oriented square from the eye centres and the mouth; the detector's six keypoints give
-both, so the face mesh runs once, on the aligned crop.
+Faces come from the detector cascade of `face_detectors` (BlazeFace full- and short-range
+on the photo and on padded and rotated copies, then dlib's CNN); one face is required,
+since a second one of similar size makes the identity of the image ambiguous. The FFHQ
+recipe (Karras et al.) builds an oriented square from the eye centres and the mouth. The
+detectors' keypoints for them are rough (BlazeFace's eye line wanders by 5-10° between a
+photo and the same photo rotated), so they only give a first crop: the face mesh's eyes and
+mouth corners on that crop place the final one, which levels the eyes to within a degree.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
+from denseface.annotators import mesh_topology as mt
+from denseface.annotators.face_detectors import Face, FaceDetector, dlib_models
+from denseface.annotators.landmarks import FaceMesh
 
-_DETECT_MAX_SIDE = 640  # BlazeFace sees 192 px anyway; keypoints come back relative
+MESH_EYE_IMG_LEFT = sorted(set(mt.EYE_IMG_LEFT_UPPER + mt.EYE_IMG_LEFT_LOWER))
+MESH_EYE_IMG_RIGHT = sorted(set(mt.EYE_IMG_RIGHT_UPPER + mt.EYE_IMG_RIGHT_LOWER))
+MESH_MOUTH_CORNERS = (61, 291)
 
-
-@dataclass(frozen=True)
-class Face:
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
-    score: float
-    eye_left: np.ndarray  # the eye on the image's left (the subject's right eye)
-    eye_right: np.ndarray
-    mouth: np.ndarray
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
 
 def ffhq_quad(eye_left: np.ndarray, eye_right: np.ndarray, mouth: np.ndarray) -> np.ndarray:
@@ -73,6 +66,42 @@ def warp_face(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(region, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
+def mesh_keypoints(landmarks: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """(eye on the image's left, the other eye, mouth) in source pixels from face-mesh
+    landmarks of a ``size`` crop cut with ``matrix``: eye-contour centres and the midpoint of
+    the mouth corners, as FFHQ takes them from dlib's 68 points."""
+    inv = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
+    pts = np.asarray(landmarks, np.float64)[:, :2] * size @ inv[:, :2].T + inv[:, 2]
+    return pts[MESH_EYE_IMG_LEFT].mean(0), pts[MESH_EYE_IMG_RIGHT].mean(0), pts[list(MESH_MOUTH_CORNERS)].mean(0)
+
+
+def upright_quad(quad: np.ndarray) -> np.ndarray:
+    """The same square turned about its centre to be axis-aligned: an alignment that keeps
+    the head's roll in the crop instead of levelling the eyes."""
+    c = quad.mean(0)
+    half = np.hypot(*(quad[3] - quad[0])) / 2
+    return c + half * np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+
+
+def loose_view(image: np.ndarray, box: tuple[float, float, float, float], size: int = 224) -> np.ndarray:
+    """The unrotated, loose face crop Hopenet was trained and run on (deep-head-pose's
+    ``test_on_video_dlib``: the detector box widened by half its width on each side, raised
+    by three quarters of its height and lowered by a quarter, clipped to the photo), scaled
+    so its shorter side is ``size`` and centre-cropped to ``size`` x ``size``."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    x0, x1 = int(max(0, x0 - bw / 2)), int(min(w, x1 + bw / 2))
+    y0, y1 = int(max(0, y0 - 3 * bh / 4)), int(min(h, y1 + bh / 4))
+    region = image[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+    f = size / min(region.shape[:2])
+    rw, rh = max(size, round(region.shape[1] * f)), max(size, round(region.shape[0] * f))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(region, (rw, rh), interpolation=interp)
+    top, left = (rh - size) // 2, (rw - size) // 2
+    return np.ascontiguousarray(scaled[top:top + size, left:left + size])
+
+
 def pad_fraction(matrix: np.ndarray, src_w: int, src_h: int, size: int) -> float:
     """Fraction of the crop that lies outside the source image (and is padding)."""
     corners = np.array([[0, 0], [src_w, 0], [src_w, src_h], [0, src_h]], dtype=np.float32)
@@ -97,47 +126,46 @@ def choose_face(faces: list[Face], min_face_px: float, area_ratio: float) -> Fac
     return face
 
 
-class FaceDetector:
-    """mediapipe full-range BlazeFace, returning faces in source pixel coordinates."""
-
-    def __init__(self, min_score: float) -> None:
-        import mediapipe as mp
-
-        self._det = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_score)
-
-    def __call__(self, rgb: np.ndarray) -> list[Face]:
-        h, w = rgb.shape[:2]
-        f = min(1.0, _DETECT_MAX_SIDE / max(h, w))
-        small = cv2.resize(rgb, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR) if f < 1.0 else rgb
-        result = self._det.process(np.ascontiguousarray(small))
-        faces = []
-        for det in result.detections or []:
-            bb = det.location_data.relative_bounding_box
-            kp = np.array([[k.x * w, k.y * h] for k in det.location_data.relative_keypoints])
-            # mediapipe keypoint 0 is the subject's right eye: the image's left one.
-            faces.append(Face((bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h),
-                              float(det.score[0]), kp[0], kp[1], kp[3]))
-        return faces
-
-
 class DetectAlign(Stage):
+    """Options: ``keep_roll`` (default false) aligns without levelling the eyes, so the crop
+    and the crop-frame pose keep the photo's roll (`upright_quad`).
+
+    Leaves ``item.scratch["loose_view"]`` (`loose_view`) for Hopenet, which must see the
+    unrotated face as in its training, not the levelled crop."""
+
     name = "detect_align"
-    version = "1"
-    manifest_fields = {"n_faces": "int32", "face_score": "float32", "bbox": "list<float32>",
+    version = "2"
+    manifest_fields = {"detector": "string", "n_faces": "int32", "face_score": "float32", "bbox": "list<float32>",
                        "crop_transform": "list<float32>", "pad_fraction": "float32"}
+
+    OPTIONS = frozenset({"keep_roll"})
+
+    def check(self) -> None:
+        unknown = set(self.conf.options) - self.OPTIONS
+        if unknown:
+            raise ValueError(f"detect_align: unknown options {sorted(unknown)}; known: {sorted(self.OPTIONS)}")
+        dlib_models()  # the cascade's last step: a missing file fails here, before any work
 
     def setup(self) -> None:
         self._detector = FaceDetector(self.build.min_face_score)
+        self._mesh = FaceMesh(self.build.min_face_score)
 
     def process_one(self, item: Item) -> None:
         faces = self._detector(item.image)
         face = choose_face(faces, self.build.min_face_px, self.build.multi_face_area_ratio)
         size = self.build.crop_size
-        matrix = crop_transform(ffhq_quad(face.eye_left, face.eye_right, face.mouth), size)
+        keypoints = (face.eye_left, face.eye_right, face.mouth)
+        first = crop_transform(ffhq_quad(*keypoints), size)
+        lmk = self._mesh(warp_face(item.image, first, size))
+        if lmk is not None:
+            keypoints = mesh_keypoints(lmk, first, size)
+        quad = ffhq_quad(*keypoints)
+        matrix = crop_transform(upright_quad(quad) if self.conf.options.get("keep_roll") else quad, size)
         h, w = item.image.shape[:2]
+        item.scratch["loose_view"] = loose_view(item.image, face.box)
         item.image = warp_face(item.image, matrix, size)
         scale = item.fields.get("decode_scale", 1.0)  # decoded = scale x source pixels
-        item.fields.update(n_faces=len(faces), face_score=round(face.score, 4),
+        item.fields.update(detector=face.detector, n_faces=len(faces), face_score=round(face.score, 4),
                            pad_fraction=round(pad_fraction(matrix, w, h, size), 4),
                            bbox=[round(v / scale, 2) for v in face.box],
                            crop_transform=[round(float(v), 6) for v in (matrix * [scale, scale, 1.0]).ravel()])

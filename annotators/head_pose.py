@@ -17,6 +17,13 @@ and all three are 0 for a face looking straight into the camera (zero pitch: the
 plane of `CANONICAL_FACE` faces the camera). Mirroring an image negates yaw and roll and
 keeps pitch.
 
+Two frames are stored. ``yaw``, ``pitch``, ``roll`` are in the **crop** frame: that of the
+stored 512 crop (and of the pose image the trainer draws from them). The FFHQ alignment
+levels the eyes, so the crop-frame roll is near 0 unless ``detect_align`` keeps roll.
+``yaw_src``, ``pitch_src``, ``roll_src`` are in the **source photo's** frame: the crop's
+in-plane rotation undone (`source_frame_pose`). A head tilted 20° clockwise in the photo has
+``roll_src`` ≈ 20 and ``roll`` ≈ 0.
+
 As a matrix: the head-to-camera rotation, in OpenCV camera axes (x right, y down, z away
 from the camera) and the canonical face's axes (x to the subject's left, y down, z to the
 back of the head), is ``R = Rx(-pitch) @ Ry(yaw) @ Rz(roll)``: the same composition order
@@ -64,6 +71,29 @@ def euler_from_matrix(rot: np.ndarray) -> tuple[float, float, float]:
     return float(np.degrees(yaw)), float(np.degrees(pitch)), float(np.degrees(roll))
 
 
+def crop_rotation(crop_transform) -> float:
+    """Degrees by which the crop transform (2x3, source -> crop pixels) turns the photo,
+    clockwise on screen (image axes: x right, y down) for > 0."""
+    m = np.asarray(crop_transform, np.float64).reshape(2, 3)
+    return float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+
+
+def rotate_in_plane(yaw: float, pitch: float, roll: float, degrees: float) -> tuple[float, float, float]:
+    """The pose of the same head in the image turned clockwise by ``degrees``: an image
+    rotation about the optical axis is ``Rz`` applied after the head-to-camera rotation."""
+    return euler_from_matrix(_rz(np.radians(degrees)) @ matrix_from_euler(yaw, pitch, roll))
+
+
+def source_frame_pose(yaw: float, pitch: float, roll: float, crop_transform) -> tuple[float, float, float]:
+    """Crop-frame pose -> the source photo's frame: R_src = Rz(-phi) R_crop, phi = `crop_rotation`."""
+    return rotate_in_plane(yaw, pitch, roll, -crop_rotation(crop_transform))
+
+
+def crop_frame_pose(yaw: float, pitch: float, roll: float, crop_transform) -> tuple[float, float, float]:
+    """Source-frame pose -> the crop's frame (inverse of `source_frame_pose`)."""
+    return rotate_in_plane(yaw, pitch, roll, crop_rotation(crop_transform))
+
+
 def camera_matrix(image_size: int = 512) -> np.ndarray:
     """Pinhole intrinsics assumed for the aligned crop: focal = width, centred principal point."""
     f = float(image_size)
@@ -88,14 +118,22 @@ def pose_from_landmarks(landmarks: np.ndarray, image_size: int = 512) -> tuple[f
     return euler_from_matrix(cv2.Rodrigues(rvec)[0])
 
 
+def _rounded(prefix: str, angles) -> dict[str, float]:
+    return {f"{name}{prefix}": round(float(v), 3) for name, v in zip(("yaw", "pitch", "roll"), angles)}
+
+
 class HeadPose(Stage):
     """Backends: ``pnp`` (default, offline) and ``hopenet`` (weights: the published
-    ``hopenet_robust_alpha1.pkl``). The PnP angles are always kept too (``*_pnp``), so
-    the two backends can be compared wherever Hopenet ran."""
+    ``hopenet_robust_alpha1.pkl``). Both report both frames (module docstring): PnP fits the
+    crop's landmarks (crop frame); Hopenet sees the unrotated loose crop of the photo that
+    ``detect_align`` leaves in ``item.scratch["loose_view"]``, as in its training (source
+    frame). The PnP angles are always kept too (``*_pnp``, crop frame), so the two backends
+    can be compared wherever Hopenet ran."""
 
     name = "head_pose"
-    version = "1"
-    manifest_fields = {"yaw": "float32", "pitch": "float32", "roll": "float32", "pose_backend": "string",
+    version = "2"
+    manifest_fields = {"yaw": "float32", "pitch": "float32", "roll": "float32",
+                       "yaw_src": "float32", "pitch_src": "float32", "roll_src": "float32", "pose_backend": "string",
                        "yaw_pnp": "float32", "pitch_pnp": "float32", "roll_pnp": "float32"}
     BACKENDS = ("pnp", "hopenet")
 
@@ -125,10 +163,11 @@ class HeadPose(Stage):
 
     def process_batch(self, items: list[Item]) -> None:
         for item in items:
-            yaw, pitch, roll = pose_from_landmarks(item.arrays["lmk"], self.build.crop_size)
-            item.fields.update(yaw_pnp=round(yaw, 3), pitch_pnp=round(pitch, 3), roll_pnp=round(roll, 3),
-                               yaw=round(yaw, 3), pitch=round(pitch, 3), roll=round(roll, 3), pose_backend="pnp")
+            crop = pose_from_landmarks(item.arrays["lmk"], self.build.crop_size)
+            item.fields.update(_rounded("_pnp", crop), pose_backend="pnp")
+            item.fields.update(_rounded("", crop), **_rounded("_src", source_frame_pose(
+                *crop, item.fields["crop_transform"])))
         if self._hopenet is not None:
-            for item, (yaw, pitch, roll) in zip(items, self._hopenet.predict_batch([it.image for it in items])):
-                item.fields.update(yaw=round(float(yaw), 3), pitch=round(float(pitch), 3),
-                                   roll=round(float(roll), 3), pose_backend="hopenet")
+            for item, src in zip(items, self._hopenet.predict_batch([it.scratch["loose_view"] for it in items])):
+                item.fields.update(_rounded("_src", src), pose_backend="hopenet")
+                item.fields.update(_rounded("", crop_frame_pose(*src, item.fields["crop_transform"])))

@@ -49,9 +49,11 @@ from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, Status, decode_
 PANEL = 192  # px, each square panel of a contact-sheet row
 HEADER = 28  # px, the title strip above the rows
 INFO_WIDTH = 2 * PANEL  # px, the text panel at the end of a row
-COLUMNS = ("image", "landmarks", "depth", "mask", "pose", "info")
+COLUMNS = ("image", "landmarks", "depth", "mask", "pose (crop frame)", "info")
 SHEET_WIDTH = 5 * PANEL + INFO_WIDTH
 POSE_COLUMNS = ("yaw", "pitch", "roll")
+# head_pose stores two frames: the crop's (no suffix) and the source photo's ("_src")
+POSE_FRAMES = {"": "crop frame (the stored image; alignment levels the eyes)", "_src": "source photo frame"}
 
 
 class InspectError(ValueError):
@@ -212,10 +214,12 @@ def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(img), (size, size), interpolation=interp)
 
 
-def sample_pose(meta: dict[str, Any], row: pd.Series | dict | None = None) -> tuple[float, float, float] | None:
-    """(yaw, pitch, roll) from the sample's json, else from its manifest row; None if absent."""
+def sample_pose(meta: dict[str, Any], row: pd.Series | dict | None = None,
+                frame: str = "") -> tuple[float, float, float] | None:
+    """(yaw, pitch, roll) in ``frame`` (a `POSE_FRAMES` suffix) from the sample's json, else
+    from its manifest row; None if absent."""
     for src in (meta or {}, row if row is not None else {}):
-        vals = [_num(src.get(k)) if hasattr(src, "get") else None for k in POSE_COLUMNS]
+        vals = [_num(src.get(k + frame)) if hasattr(src, "get") else None for k in POSE_COLUMNS]
         if all(v is not None for v in vals):
             return tuple(vals)  # type: ignore[return-value]
     return None
@@ -289,7 +293,10 @@ def _row_panels(sample: dict[str, Any], row: pd.Series) -> tuple[np.ndarray, lis
     x0 = 5 * P + 10
     key = str(meta.get("key") or row.get("key"))
     lines = [key, f"identity: {meta.get('identity') or row.get('identity')}"]
-    lines.append("yaw {:+.1f}  pitch {:+.1f}  roll {:+.1f}".format(*pose) if pose else "yaw/pitch/roll: n/a")
+    lines.append("crop:  yaw {:+.1f}  pitch {:+.1f}  roll {:+.1f}".format(*pose) if pose else "yaw/pitch/roll: n/a")
+    pose_src = sample_pose(meta, row, "_src")
+    if pose_src is not None:
+        lines.append("photo: yaw {:+.1f}  pitch {:+.1f}  roll {:+.1f}".format(*pose_src))
     cap = sample_caption(meta, row)
     if cap is None:
         lines.append("caption: n/a")
@@ -401,7 +408,8 @@ def _read_report_frame(dataset: str | Path) -> pd.DataFrame:
     con = connect(dataset)
     try:
         cols = manifest_columns(con)
-        want = ["key", "status", "reason", "identity", "versions", *POSE_COLUMNS, "caption_top", "clip_score_top",
+        want = ["key", "status", "reason", "identity", "versions", *POSE_COLUMNS,
+                *(c + "_src" for c in POSE_COLUMNS), "caption_top", "clip_score_top",
                 "captions_all"] + [c for c in cols if is_timing_column(c)]
         sel = ", ".join(f'"{c}"' for c in want if c in cols)
         return con.execute(f"SELECT {sel} FROM manifest").df()
@@ -410,20 +418,29 @@ def _read_report_frame(dataset: str | Path) -> pd.DataFrame:
 
 
 def _section_pose(ok: pd.DataFrame) -> str:
-    vals = {c: _numeric(ok, c) for c in POSE_COLUMNS}
-    if not any(len(v) for v in vals.values()):
+    frames = {f: {c: _numeric(ok, c + f) for c in POSE_COLUMNS} for f in POSE_FRAMES}
+    frames = {f: vals for f, vals in frames.items() if any(len(v) for v in vals.values())}
+    if not frames:
         return _na("no yaw/pitch/roll in the manifest (the head-pose stage has not run on this dataset)")
-    fig, axes = _figure(10, 3.0, 3)
-    for ax, c in zip(axes, POSE_COLUMNS):
-        v = vals[c]
-        if len(v):
-            ax.hist(v, bins=36, range=(-90, 90), color="#4477aa")  # 5-degree bins
-            ax.set_title(f"{c} (deg), n={len(v)}")
-        else:
-            ax.set_title(f"{c}: n/a")
-        ax.set_xlim(-90, 90)
-    stats = [[c, len(v), *(np.percentile(v, [0, 50, 100]) if len(v) else [None] * 3)] for c, v in vals.items()]
-    return _img(fig, "head pose histograms") + _table(stats, ["angle", "n", "min", "median", "max"])
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.0 * len(frames)))
+    stats = []
+    for row_axes, (f, vals) in zip(fig.subplots(len(frames), 3, squeeze=False), frames.items()):
+        for ax, c in zip(row_axes, POSE_COLUMNS):
+            v = vals[c]
+            if len(v):
+                ax.hist(v, bins=36, range=(-90, 90), color="#4477aa")  # 5-degree bins
+                ax.set_title(f"{c}{f} (deg, {POSE_FRAMES[f].split(' (')[0]}), n={len(v)}", fontsize=9)
+            else:
+                ax.set_title(f"{c}{f}: n/a")
+            ax.set_xlim(-90, 90)
+        stats += [[c + f, POSE_FRAMES[f], len(v), *(np.percentile(v, [0, 50, 100]) if len(v) else [None] * 3)]
+                  for c, v in vals.items()]
+    note = ("<p>Angles in degrees. <b>crop frame</b> (<code>yaw</code>, <code>pitch</code>, <code>roll</code>): "
+            "the stored 512 crop, whose alignment levels the eyes, so roll is near 0; <b>source photo frame</b> "
+            "(<code>*_src</code>): the crop's rotation undone. roll &gt; 0: clockwise in that image.</p>")
+    return note + _img(fig, "head pose histograms") + _table(stats, ["angle", "frame", "n", "min", "median", "max"])
 
 
 def _section_identities(ok: pd.DataFrame) -> str:

@@ -137,10 +137,9 @@ def preprocess(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
 
 
 class HopenetPose:
-    """Head pose of aligned face crops with Hopenet: (yaw, pitch, roll) in degrees.
-
-    The crop goes in whole (the 512 aligned crop has about the margin Hopenet's own face
-    crops had: twice the detector box), resized to 224 with area interpolation.
+    """Head pose of face crops with Hopenet: (yaw, pitch, roll) in degrees, in the frame of
+    the crop given. Hopenet was trained on unrotated loose crops of the photo (the head pose
+    stage passes `detect_align.loose_view`); the crop goes in whole, resized to 224.
     """
 
     def __init__(self, weights: str | Path, device: str | torch.device = "cpu") -> None:

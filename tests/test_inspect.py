@@ -87,12 +87,12 @@ def bare_dataset(dataset, tmp_path_factory):
             if ext not in (JPG, JSON, LMK):
                 del mem[ext]
         meta = json.loads(mem[JSON])
-        for k in ("yaw", "pitch", "roll", "captions"):
+        for k in ("yaw", "pitch", "roll", "yaw_src", "pitch_src", "roll_src", "captions"):
             meta.pop(k, None)
         mem[JSON] = json.dumps(meta, sort_keys=True).encode()
 
     def manifest(df, info):
-        return df.drop(columns=[c for c in df.columns if c in LATER_COLUMNS or c.endswith("_pnp")])
+        return df.drop(columns=[c for c in df.columns if c in LATER_COLUMNS or c.endswith(("_pnp", "_src"))])
 
     return _rewrite(dataset, tmp_path_factory.mktemp("inspect_bare") / "ds", sample, manifest)
 
@@ -212,6 +212,22 @@ def _report_checks(html_text: str, root) -> list[str]:
 def test_report_as_built(dataset, tmp_path):
     text = dataset_report(dataset, tmp_path / "report.html").read_text()
     assert len(_report_checks(text, dataset)) >= 3
+    # the pose section says which frame each angle is in, and plots both
+    pose = text[text.index('<h2 id="pose">'):]
+    pose = pose[:pose.index("<h2", 4)]
+    assert "crop frame" in pose and "source photo frame" in pose
+    assert "<td>roll</td><td>crop frame" in pose and "<td>roll_src</td><td>source photo frame</td>" in pose
+
+
+def test_contact_sheet_labels_the_pose_frames():
+    from denseface.inspection import COLUMNS, _row_panels
+
+    assert "pose (crop frame)" in COLUMNS
+    meta = {"key": "k", "identity": "i", "yaw": 10.0, "pitch": -5.0, "roll": 0.5,
+            "yaw_src": 11.0, "pitch_src": -4.0, "roll_src": 20.0}
+    _, texts = _row_panels({JSON: meta}, pd.Series(dtype=object))
+    info = next(t for _, _, t, _ in texts if t.startswith("k\n"))
+    assert "crop:  yaw +10.0  pitch -5.0  roll +0.5" in info and "photo: yaw +11.0  pitch -4.0  roll +20.0" in info
 
 
 def test_report_bare_dataset_says_na(bare_dataset, tmp_path):
