@@ -29,8 +29,8 @@ from denseface.etl.readers import Record, parse_source, printable, read_source
 from denseface.etl.runner import LocalRunner, RayRunner
 from denseface.etl.stages import build_fingerprint, build_stages, manifest_schema
 from denseface.shards import schema
-from denseface.shards.verify import check_unit
-from denseface.shards.writer import own_temporaries, unit_paths, write_json, write_unit
+from denseface.shards.verify import check_unit, read_plan
+from denseface.shards.writer import own_temporaries, remove_unit, unit_paths, units_on_disk, write_json, write_unit
 
 
 def new_item(key: str, unit: int, rec) -> Item:
@@ -213,9 +213,13 @@ def _build_locked(cfg: BuildConfig, root: Path, stages, build_fp: str, units: li
                   skipped: dict[str, int], seen: int, started: float, progress: bool) -> BuildResult:
     names = [s.name for s in stages]
     remove_stale_temporaries(root)
-    plan_path = root / "plan.json"
-    if not plan_path.exists() or json.loads(plan_path.read_text() or "null") != plan:
-        write_json(plan_path, plan)
+    if read_plan(root)[0] != plan:
+        write_json(root / "plan.json", plan)
+    if stale := sorted(u for u in units_on_disk(root) if u >= len(units)):
+        for unit in stale:  # outputs of an earlier build with another plan: its inputs are in this plan's units
+            remove_unit(root, unit)
+        print(f"removed {len(stale)} unit(s) beyond this plan's {len(units)}, left by an earlier build "
+              f"(first: {schema.shard_name(stale[0])})", file=sys.stderr)
     todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
     sink = ShardSink(root, {u.index: u for u in todo}, names, manifest_schema(stages), build_fp)
     runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from denseface.shards.schema import REQUIRED_MEMBERS, Status, is_safe_key
-from denseface.shards.writer import file_sha256, own_temporaries, unit_paths
+from denseface.shards.schema import REQUIRED_MEMBERS, Status, is_safe_key, shard_name
+from denseface.shards.writer import file_sha256, own_temporaries, unit_paths, units_on_disk
 
 
 def tar_members(path: Path) -> dict[str, set[str]]:
@@ -96,21 +96,38 @@ class VerifyReport:
         return not self.problems
 
 
+def read_plan(root: Path) -> tuple[dict | None, str]:
+    """``plan.json`` of a dataset, or None and why it cannot be used."""
+    path = root / "plan.json"
+    if not path.exists():
+        return None, ""
+    try:
+        plan = json.loads(path.read_text())
+        if len(plan["fingerprints"]) != plan["n_units"] or not isinstance(plan["build_fingerprint"], str):
+            raise ValueError("fingerprints do not match n_units")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    return plan, ""
+
+
 def verify_dataset(root: Path, checksums: bool = True) -> VerifyReport:
     """All units named by stats files or tars, plus the build's own stray temporary files."""
     report = VerifyReport()
     for tmp in own_temporaries(root):
         report.problems[str(tmp.relative_to(root))] = ["stale temporary file (interrupted write)"]
-    names = {p.stem for p in root.glob("shard-*.tar")} | {p.stem for p in (root / "stats").glob("shard-*.json")}
-    plan = json.loads((root / "plan.json").read_text()) if (root / "plan.json").exists() else None
-    if plan:
-        names |= {f"shard-{i:06d}" for i in range(plan["n_units"])}
-    for name in sorted(names):
-        unit = int(name.split("-")[1])
-        fp = plan["fingerprints"][unit] if plan and unit < plan["n_units"] else None
-        problems = check_unit(root, unit, fingerprint=fp, build_fp=plan.get("build_fingerprint") if plan else None,
-                              checksums=checksums)
+    plan, problem = read_plan(root)
+    if problem:
+        report.problems["plan.json"] = [problem]
+    units = units_on_disk(root) | set(range(plan["n_units"] if plan else 0))
+    for unit in sorted(units):
+        name = shard_name(unit)
         report.units += 1
+        if plan and unit >= plan["n_units"]:
+            report.problems[name] = [f"not in the plan ({plan['n_units']} units): left by an earlier build"]
+            continue
+        fp = plan["fingerprints"][unit] if plan else None
+        problems = check_unit(root, unit, fingerprint=fp, build_fp=plan["build_fingerprint"] if plan else None,
+                              checksums=checksums)
         if problems:
             report.problems[name] = problems
             continue

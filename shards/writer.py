@@ -38,6 +38,25 @@ def unit_paths(root: Path, unit: int) -> dict[str, Path]:
             "manifest": root / "manifest" / f"{name}.parquet", "stats": root / "stats" / f"{name}.json"}
 
 
+_UNIT_FILE = re.compile(r"shard-(\d{6})\.(?:tar|parquet|json)")
+
+
+def units_on_disk(root: Path) -> set[int]:
+    """Units that have any file (tar, manifest or stats) under their exact names."""
+    found = set()
+    for folder in (root, root / "manifest", root / "stats"):
+        if folder.is_dir():
+            found |= {int(m.group(1)) for p in folder.iterdir() if (m := _UNIT_FILE.fullmatch(p.name))}
+    return found
+
+
+def remove_unit(root: Path, unit: int) -> None:
+    """A unit's files, commit mark (stats) first, so a half-removed unit reads as unwritten."""
+    paths = unit_paths(root, unit)
+    for what in ("stats", "tar", "manifest"):
+        paths[what].unlink(missing_ok=True)
+
+
 def own_temporaries(root: Path) -> list[Path]:
     """Half-written files a killed build left behind (only names this module makes)."""
     found = []

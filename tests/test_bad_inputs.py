@@ -242,6 +242,24 @@ def test_changed_bytes_fail_verify_and_are_rebuilt(tmp_path):
     assert tar.read_bytes() == good
 
 
+def test_rebuild_with_another_shard_size_leaves_no_stale_units(tmp_path, capsys):
+    src = tmp_path / "src"
+    for i in range(6):
+        _junk(src / "p" / f"{i}.jpg")
+    out = tmp_path / "out"
+    build_dataset(_cfg(out, f"casia:{src}", shard_size=2), progress=False)
+    (out / "plan.json").write_text("{not json")
+    assert verify_dataset(out).problems["plan.json"][0].startswith("unreadable (JSONDecodeError")
+    (out / "stats" / "shard-000002.json").write_text("{}")  # a unit the next plan does not have
+    result = build_dataset(_cfg(out, f"casia:{src}", shard_size=5), progress=False)
+    assert "removed 1 unit(s) beyond this plan's 2" in capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    df = _assert_sound(out, result)
+    assert len(df) == 6
+    _junk(out / "stats" / "shard-000009.json", b"{}")
+    assert "not in the plan" in verify_dataset(out).problems["shard-000009"][0]
+
+
 def test_read_only_finished_dataset_is_used_without_writes(tmp_path, monkeypatch, capsys):
     src = tmp_path / "src"
     _junk(src / "p" / "a.jpg")
