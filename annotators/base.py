@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from denseface.config import BuildConfig, StageConfig
+from denseface.model_refs import Resolved
 from denseface.shards.schema import Status
 
 
@@ -70,6 +71,10 @@ class Stage:
 
     def check(self) -> None:
         """Fail at start-up (before any work) when the configured backend cannot run."""
+
+    def weights(self) -> list[Resolved]:
+        """The models the configured backend loads, and where they are (`denseface weights check`)."""
+        return []
 
     def setup(self) -> None:
         """Load models; called lazily in the worker that runs the stage."""

@@ -12,12 +12,12 @@ Two backends (``StageConfig.backend``):
     Every captioner captions every crop, CLIP scores every caption, the ``keep`` highest
     are kept. Options (``StageConfig.options``)::
 
-        captioners:            # each one a transformers ``save_pretrained`` folder
-          - {name: blip-large, kind: blip, path: /models/blip-image-captioning-large}
+        captioners:            # each one a hub id[@revision] or a transformers ``save_pretrained`` folder
+          - {name: blip-large, kind: blip, path: Salesforce/blip-image-captioning-large}
           - {name: blip2-flan-t5-xl, kind: blip2, path: /models/blip2-flan-t5-xl}
           - {name: git-large, kind: git, path: /models/git-large-coco}
           - {name: vit-gpt2, kind: vision-encoder-decoder, path: /models/vit-gpt2-image-captioning}
-        clip: /models/clip-vit-large-patch14   # CLIPModel + CLIPProcessor folder
+        clip: openai/clip-vit-large-patch14   # CLIPModel + CLIPProcessor: hub id or folder
         keep: 3                # captions kept per image (the paper keeps 3)
         max_new_tokens: 30
         num_beams: 1           # 1 = greedy
@@ -47,12 +47,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
+from denseface.model_refs import Resolved, require, resolve_pretrained
 
 TEMPLATE = "template"
 MODELS = "models"
@@ -269,13 +269,19 @@ def _device_dtype(num_gpus: float):
     return torch.device("cpu"), torch.float32
 
 
-def _load_kwargs(dtype) -> dict[str, Any]:
-    """from_pretrained kwargs: local files only, weights loaded straight in ``dtype``."""
+def _dtype_kwargs(dtype) -> dict[str, Any]:
+    """from_pretrained kwargs that load the weights straight in ``dtype``."""
     import transformers
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    return {"local_files_only": True, key: dtype}
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
+
+
+def resolve_model(ref: str, what: str, kind: str) -> Resolved:
+    """A captioner or CLIP scorer: a transformers ``save_pretrained`` folder or a hub id[@revision]."""
+    how = (f"Give a hub id (e.g. {_EXAMPLE_HUB_IDS[kind]}) or a transformers save_pretrained folder "
+           f"(config, weights, processor/tokenizer files)")
+    return resolve_pretrained(ref, what, how)
 
 
 def _pooled(out):
@@ -292,12 +298,12 @@ class Captioner:
         import transformers as tf
 
         self.spec, self.device, self.dtype = spec, device, dtype
-        path, kw = spec.path, _load_kwargs(dtype)
+        path, kw = resolve_model(spec.path, spec.name, spec.kind).pretrained_args()
         processor_cls, model_cls = _TRANSFORMERS_CLASSES[spec.kind]  # CaptionerSpec.parse checked the kind
-        self.processor = getattr(tf, processor_cls).from_pretrained(path, local_files_only=True)
-        self.model = getattr(tf, model_cls).from_pretrained(path, **kw)
+        self.processor = getattr(tf, processor_cls).from_pretrained(path, **kw)
+        self.model = getattr(tf, model_cls).from_pretrained(path, **kw, **_dtype_kwargs(dtype))
         # ViT-GPT2's image processor has no tokenizer: the decoder's lives beside it.
-        self.tokenizer = (tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer = (tf.AutoTokenizer.from_pretrained(path, **kw)
                           if spec.kind == "vision-encoder-decoder" else self.processor.tokenizer)
         self.model.to(device).eval()
 
@@ -356,8 +362,9 @@ class ClipScorer:
     def __init__(self, path: str, device, dtype, scale: float = 1.0, text_batch: int = 64) -> None:
         import transformers as tf
 
-        self.processor = tf.CLIPProcessor.from_pretrained(path, local_files_only=True)
-        self.model = tf.CLIPModel.from_pretrained(path, **_load_kwargs(dtype)).to(device).eval()
+        path, kw = resolve_model(path, "CLIP scorer", "clip").pretrained_args()
+        self.processor = tf.CLIPProcessor.from_pretrained(path, **kw)
+        self.model = tf.CLIPModel.from_pretrained(path, **kw, **_dtype_kwargs(dtype)).to(device).eval()
         self.device, self.dtype, self.scale, self.text_batch = device, dtype, float(scale), text_batch
 
     def image_embeddings(self, images: list, batch_size: int):
@@ -443,16 +450,15 @@ class Captions(Stage):
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise ValueError(f"captions: captioner names must be unique, got {names}")
-        wanted = [(f"captioner {s.name!r} ({s.kind})", s.path, _EXAMPLE_HUB_IDS[s.kind]) for s in self.specs]
-        wanted.append(("CLIP scorer", self.clip_path, _EXAMPLE_HUB_IDS["clip"]))
-        missing = [(what, p, hub) for what, p, hub in wanted if not Path(p).is_dir()]
-        if missing:
-            lines = "\n".join(f"  {what}: {p} (e.g. {hub})" for what, p, hub in missing)
-            raise FileNotFoundError(
-                "captions: model folders missing:\n" + lines + "\nEach must be a transformers save_pretrained "
-                "folder (config, weights, processor/tokenizer files), downloaded on a machine with network "
-                "access, e.g. `huggingface-cli download Salesforce/blip-image-captioning-large --local-dir DIR`, "
-                "or `Model.from_pretrained(id).save_pretrained(DIR)` with its processor; nothing is downloaded here.")
+        require(self.weights())
+
+    def weights(self) -> list[Resolved]:
+        if self.backend != MODELS:
+            return []
+        found = [resolve_model(s.path, f"captions: captioner {s.name!r} ({s.kind})", s.kind) for s in self.specs]
+        if self.clip_path:
+            found.append(resolve_model(self.clip_path, "captions: CLIP scorer", "clip"))
+        return found
 
     def setup(self) -> None:
         if self.backend != MODELS:

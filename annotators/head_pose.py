@@ -32,13 +32,13 @@ as 300W-LP's (pitch, yaw, roll) with the signs above. `matrix_from_euler` and
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
 from denseface.annotators.mesh_topology import CANONICAL_FACE, N_MESH, as_landmarks
+from denseface.model_refs import Resolved, expand, require, resolve_file
 
 
 def _rx(a: float) -> np.ndarray:
@@ -144,12 +144,15 @@ class HeadPose(Stage):
     def check(self) -> None:
         if self.backend not in self.BACKENDS:
             raise ValueError(f"head_pose backend must be one of {self.BACKENDS}, got {self.backend!r}")
-        if self.backend == "hopenet":
-            from denseface.model.hopenet import WEIGHTS_HELP
+        require(self.weights())
 
-            where = self.conf.weights or "(stages.head_pose.weights is unset)"
-            if not self.conf.weights or not Path(self.conf.weights).expanduser().is_file():
-                raise FileNotFoundError(f"head_pose backend hopenet needs weights: {where} not found. {WEIGHTS_HELP}")
+    def weights(self) -> list[Resolved]:
+        if self.backend != "hopenet":
+            return []
+        from denseface.model.hopenet import WEIGHTS_HELP
+
+        return [resolve_file(self.conf.weights, "head_pose: Hopenet weights (hopenet_robust_alpha1.pkl)", WEIGHTS_HELP,
+                             "stages.head_pose.weights", self.conf.sha256)]
 
     def setup(self) -> None:
         self._hopenet = None
@@ -159,7 +162,7 @@ class HeadPose(Stage):
             from denseface.model.hopenet import HopenetPose
 
             cuda = self.conf.num_gpus > 0 and torch.cuda.is_available()
-            self._hopenet = HopenetPose(self.conf.weights, "cuda" if cuda else "cpu")
+            self._hopenet = HopenetPose(expand(self.conf.weights), "cuda" if cuda else "cpu")
 
     def process_batch(self, items: list[Item]) -> None:
         for item in items:

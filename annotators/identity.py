@@ -52,6 +52,7 @@ import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.config import BuildConfig, StageConfig
+from denseface.model_refs import Resolved, expand, require, resolve_file
 from denseface.shards.schema import Status
 
 # ---- pure functions ------------------------------------------------------------------
@@ -187,7 +188,7 @@ def dlib_weights_dir(weights: str | None) -> Path | None:
     ``models`` folder (found without importing the package, whose ``__init__`` needs
     pkg_resources), else None."""
     if weights:
-        return Path(weights).expanduser()
+        return Path(expand(weights))
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -335,18 +336,24 @@ class Identity(Stage):
         else:
             self._check_arcface()
 
-    def _check_dlib(self) -> None:
-        if importlib.util.find_spec("dlib") is None:
-            raise ImportError("identity backend dlib needs the dlib module: pip install dlib-bin")
+    def weights(self) -> list[Resolved]:
+        if self.backend == "arcface":
+            how = ("Set stages.identity.weights to a local ArcFace .onnx path and put insightface's buffalo_l "
+                   "w600k_r50.onnx (or another ArcFace ONNX model) there (insightface model zoo, "
+                   "https://github.com/deepinsight/insightface)")
+            return [resolve_file(self.conf.weights, "identity backend arcface needs weights (ArcFace ONNX model)", how, "stages.identity.weights",
+                                 self.conf.sha256)]
         folder = dlib_weights_dir(self.conf.weights)
         how = ("pip install face-recognition-models (the default folder), or download "
                "http://dlib.net/files/<name>.bz2, unpack, and set stages.identity.weights to their folder")
-        if folder is None:
-            raise FileNotFoundError(f"identity backend dlib needs {', '.join(DLIB_FILES)}: stages.identity.weights "
-                                    f"is unset and face-recognition-models is not installed; {how}")
-        missing = [str(folder / f) for f in DLIB_FILES if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"identity backend dlib needs weights: {', '.join(missing)} not found; {how}")
+        setting = "stages.identity.weights (face-recognition-models is not installed)"
+        return [resolve_file(folder / name if folder else None, f"identity: dlib {name}", how, setting)
+                for name in DLIB_FILES]
+
+    def _check_dlib(self) -> None:
+        if importlib.util.find_spec("dlib") is None:
+            raise ImportError("identity backend dlib needs the dlib module: pip install dlib-bin")
+        require(self.weights())
         if int(self._option("num_jitters", 0)) < 0 or float(self._option("padding", 0.25)) < 0:
             raise ValueError("identity options num_jitters and padding must be >= 0")
         engine = self._option("engine", "torch")
@@ -358,14 +365,7 @@ class Identity(Stage):
     def _check_arcface(self) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise ImportError("identity backend arcface needs onnxruntime: pip install onnxruntime")
-        how = "put insightface's buffalo_l w600k_r50.onnx (or another ArcFace ONNX model) there"
-        if not self.conf.weights:
-            raise FileNotFoundError("identity backend arcface needs weights: stages.identity.weights is unset; "
-                                    f"set it to a local ArcFace .onnx path and {how}")
-        path = Path(self.conf.weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"identity backend arcface needs weights: {path} not found "
-                                    f"(stages.identity.weights); {how}")
+        require(self.weights())
         eyes = self._option("eyes", "iris")
         if eyes not in MP_FIVE_POINTS:
             raise ValueError(f"identity option eyes must be one of {sorted(MP_FIVE_POINTS)}, got {eyes!r}")
@@ -392,7 +392,7 @@ class Identity(Stage):
                                          engine=self._option("engine", "torch"), device=self.device(),
                                          threads=max(1, int(self.conf.num_cpus)))
         else:
-            self._model = ArcFaceOnnx(Path(self.conf.weights).expanduser(), use_gpu=self.conf.num_gpus > 0,
+            self._model = ArcFaceOnnx(Path(expand(self.conf.weights)), use_gpu=self.conf.num_gpus > 0,
                                       threads=max(1, int(self.conf.num_cpus)),
                                       mean=float(self._option("input_mean", 127.5)),
                                       std=float(self._option("input_std", 127.5)))

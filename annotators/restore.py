@@ -25,6 +25,7 @@ import numpy as np
 
 from denseface.annotators.base import Item, Stage
 from denseface.config import BuildConfig, StageConfig
+from denseface.model_refs import Resolved, expand, require, resolve_file
 
 BACKENDS = ("none", "codeformer")
 CODEFORMER_SIZE = 512
@@ -125,21 +126,21 @@ class Restore(Stage):
         self._restorer: CodeFormerRestorer | None = None
 
     def check(self) -> None:
+        require(self.weights())
+
+    def weights(self) -> list[Resolved]:
         if self.backend != "codeformer":
-            return
+            return []
         from denseface.model.codeformer import WEIGHTS_HELP
 
-        if not self.conf.weights:
-            raise FileNotFoundError(f"restore: backend 'codeformer' needs a weights path (codeformer.pth). {WEIGHTS_HELP}")
-        path = Path(self.conf.weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"restore: CodeFormer weights not found at {path}. {WEIGHTS_HELP}")
+        return [resolve_file(self.conf.weights, "restore: CodeFormer weights (codeformer.pth)", WEIGHTS_HELP,
+                             "stages.restore.weights", self.conf.sha256)]
 
     def setup(self) -> None:
         if self.backend == "codeformer":
             self.check()
             o = self.options
-            self._restorer = CodeFormerRestorer(self.conf.weights, self.device(), o["fidelity"], o["adain"],
+            self._restorer = CodeFormerRestorer(expand(self.conf.weights), self.device(), o["fidelity"], o["adain"],
                                                 o["fp16"], **self.arch)
 
     def process_batch(self, items: list[Item]) -> None:

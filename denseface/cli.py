@@ -86,6 +86,21 @@ def _face_box(text: str) -> tuple[float, float, float, float]:
     return vals
 
 
+def _weights_check(args: argparse.Namespace) -> int:
+    from denseface.config import load_config
+    from denseface.weights_check import build_needs, format_report, generate_needs
+
+    try:
+        cfg = load_config(args.config)
+        needed = build_needs(cfg) + generate_needs(args.pretrained or cfg.pretrained, args.weights,
+                                                   args.id_backend, args.id_weights)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(needed))
+    return 0 if all(r.ok for r in needed) else 1
+
+
 def _generate(args: argparse.Namespace) -> int:
     from denseface.generate import run
 
@@ -141,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--source", action="append", metavar="KIND:PATH",
                    help="casia:DIR, celeba:DIR, folder:DIR or release:DIR (repeatable)")
     b.add_argument("--out", type=Path, help="output folder")
-    b.add_argument("--config", type=Path, help="YAML build config; flags override it")
+    b.add_argument("--config", help="YAML build config or a preset name (default, paper); flags override it")
     b.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     b.add_argument("--shard-size", type=int, help="inputs per shard/work unit (default 1000)")
     b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (one process)")
@@ -178,13 +193,28 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-colwidth", type=int, default=80, help="characters per cell at most (default 80)")
     q.set_defaults(func=_manifest_query)
 
+    w = sub.add_parser("weights", help="the models a configuration needs")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wc = wsub.add_parser("check", help="list every model needed, where it is looked for, found or missing, size and "
+                         "checksum; exit 1 when one is missing")
+    wc.add_argument("--config", help="YAML build config or a preset name (default, paper); default: default")
+    wc.add_argument("--pretrained", help="SD (hub id[@revision] or folder); default: the config's `pretrained`")
+    wc.add_argument("--weights", type=Path, help="a trained Dense-Face folder to check too (with its identity backend)")
+    wc.add_argument("--id-backend", choices=["dlib", "arcface"], help="identity backend for generation")
+    wc.add_argument("--id-weights", help="identity backend weights for generation (ArcFace .onnx)")
+    wc.set_defaults(func=_weights_check)
+
     g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
     g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face'); "
                    "write * where the identity goes (default: in front; see README)")
     g.add_argument("--reference", type=Path, required=True, help="photo of the identity to generate")
     g.add_argument("--target", type=Path, help="face swap: repaint the face of this photo instead of a G1 image")
-    g.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
-    g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained (default: untrained)")
+    g.add_argument("--pretrained", help="SD 2.1: hub id[@revision] or diffusers folder, or a saved DenseFacePipeline "
+                   "(default: the tiny offline model)")
+    g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained / a training checkpoint "
+                   "(default: the pipeline folder's dense_face/, else untrained)")
+    g.add_argument("--id-backend", choices=["dlib", "arcface"],
+                   help="identity backend; must be the one the model was trained with (default: the recorded one)")
     g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
     g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")
     g.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
@@ -233,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         if found is None or args.debug or os.environ.get("DENSEFACE_DEBUG"):
             raise
         message, code = found
-        print(f"error: {message}", file=sys.stderr)
+        for line in message.splitlines():  # the weights check: one line per missing model
+            print(f"error: {line}", file=sys.stderr)
         return code
 
 

@@ -8,8 +8,11 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from denseface.errors import MissingFileError
+
 
 M = TypeVar("M", bound=BaseModel)
+PRESETS_DIR = Path(__file__).parent / "configs"
 
 
 class StageConfig(BaseModel):
@@ -19,6 +22,7 @@ class StageConfig(BaseModel):
 
     backend: str = "default"
     weights: str | None = None  # local path of the backend's weights, where it has any
+    sha256: str | None = None  # the published weights file's SHA-256: checked before any work
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = Field(16, ge=1)
@@ -50,6 +54,9 @@ class BuildConfig(BaseModel):
     # of the image ambiguous: the image is rejected rather than guessed.
     multi_face_area_ratio: float = Field(0.2, gt=0.0, le=1.0)
     stages: dict[str, StageConfig] = Field(default_factory=dict)
+    # The SD a preset trains on (hub id or local folder): listed by `denseface weights check`,
+    # not used by the build (not in its fingerprint); `denseface train --pretrained` takes it.
+    pretrained: str | None = None
 
     @field_validator("sources")
     @classmethod
@@ -74,5 +81,17 @@ def load_model_config(model: type[M], path: Path | None, **overrides: Any) -> M:
     return model.model_validate(data)
 
 
-def load_config(path: Path | None, **overrides: Any) -> BuildConfig:
-    return load_model_config(BuildConfig, path, **overrides)
+def preset_path(ref: str | Path) -> Path:
+    """A YAML file, or the name of a preset in denseface/configs (``default``, ``paper``)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{ref}.yaml"
+    if path.suffix == "" and preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise MissingFileError(f"config {ref} not found: give a YAML file or a preset name ({', '.join(names)})")
+
+
+def load_config(path: str | Path | None, **overrides: Any) -> BuildConfig:
+    return load_model_config(BuildConfig, preset_path(path) if path is not None else None, **overrides)

@@ -29,9 +29,10 @@ with the reference's identity.
 
 Identity: the reference photo goes through the dataset's stages (decode, detect + align at
 512, restore, face mesh, identity), so ``c_id`` is computed exactly as the training ``id.npy``.
-The backend is the trained model's: ``dense_face.json``'s ``metadata.id_backend``, else
-``config.extra["id_backend"]``, else by ``config.id_dim`` (128: dlib, otherwise arcface, which
-needs ``--id-weights``).
+The backend is the one the model was trained with, as the trainer recorded it (``config.extra
+["id_backend"]`` with ``config.id_dim`` in ``dense_face.json``); another one is refused, and a
+model that records none needs ``--id-backend`` (`identity_backend_for`), never a guess from the
+dimension.
 
 Where no face is found: a base image drawn by the tiny offline model (64 px, random weights) is
 noise, and neither BlazeFace nor the face mesh finds a face in it. The base image's face region
@@ -64,8 +65,8 @@ from denseface.annotators.base import Item, Reject
 from denseface.annotators.decode import decode_image
 from denseface.annotators.detect_align import FaceDetector, choose_face, crop_transform, ffhq_quad, warp_face
 from denseface.config import BuildConfig, StageConfig
-from denseface.model.dense_face import CONFIG_NAME, DenseFace, DenseFaceConfig
-from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
+from denseface.model.dense_face import DenseFace, DenseFaceConfig
+from denseface.model.tiny_sd import SDComponents
 
 log = logging.getLogger(__name__)
 
@@ -254,17 +255,26 @@ def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, alpha: n
 
 # ---- identity ----------------------------------------------------------------------------------
 
-def identity_backend_of(config: DenseFaceConfig, weights_dir: str | Path | None = None) -> str:
-    """The identity backend a Dense-Face model was trained with (module docstring)."""
-    if weights_dir is not None:
-        path = Path(weights_dir) / CONFIG_NAME
-        if path.is_file():
-            meta = json.loads(path.read_text()).get("metadata") or {}
-            if meta.get("id_backend"):
-                return str(meta["id_backend"])
-    if config.extra.get("id_backend"):
-        return str(config.extra["id_backend"])
-    return "dlib" if config.id_dim == 128 else "arcface"
+SYNTHETIC_ID = "synthetic"  # train/synthetic.py's random embeddings: no backend reproduces them
+
+
+def identity_backend_for(config: DenseFaceConfig, requested: str | None = None) -> str:
+    """The identity backend to embed the reference with: the one the model was trained with.
+
+    ``requested`` (``--id-backend``) must agree with the recorded one; it is needed where the
+    model records none, or was trained on synthetic embeddings (a demo)."""
+    recorded = config.extra.get("id_backend")
+    if recorded and recorded != SYNTHETIC_ID:
+        if requested and requested != recorded:
+            raise ValueError(f"the Dense-Face model was trained with identity backend {recorded} "
+                             f"({config.id_dim}-d embeddings); --id-backend {requested} differs, and another "
+                             f"backend's embeddings mean nothing to it: use {recorded}")
+        return str(recorded)
+    if not requested:
+        why = ("was trained on synthetic identity embeddings" if recorded == SYNTHETIC_ID
+               else "does not record the identity backend it was trained with")
+        raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); give it with --id-backend dlib|arcface")
+    return requested
 
 
 def load_photo(photo: str | Path | np.ndarray, build: BuildConfig | None = None) -> np.ndarray:
@@ -384,11 +394,10 @@ class DenseFaceGenerator:
     """G1 base image, face region, G2 latent blending, paste back (module docstring)."""
 
     def __init__(self, sd: SDComponents, model: DenseFace, id_backend: str | None = None,
-                 id_weights: str | None = None, build: BuildConfig | None = None,
-                 weights_dir: str | Path | None = None) -> None:
+                 id_weights: str | None = None, build: BuildConfig | None = None) -> None:
         self.sd, self.model = sd, model
         self.build = build or BuildConfig(runner="local", workers=1)
-        self.id_backend = id_backend or identity_backend_of(model.config, weights_dir)
+        self.id_backend = identity_backend_for(model.config, id_backend)
         self.id_weights = id_weights
         self.analyzer = FaceAnalyzer(self.build)
         self._id_encoder: IdentityEncoder | None = None
@@ -397,28 +406,17 @@ class DenseFaceGenerator:
     @classmethod
     def load(cls, pretrained: str | Path | None = None, weights: str | Path | None = None, *, seed: int = 0,
              device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-             id_weights: str | None = None, build: BuildConfig | None = None) -> "DenseFaceGenerator":
-        """``pretrained`` None: the tiny offline SD (built from ``seed``); else a local diffusers SD
-        folder. ``weights``: a `DenseFace.save_trained` folder; None: an untrained Dense-Face
-        (`TINY_CONFIG` / `UNTRAINED_CONFIG`), which only exercises the pipeline."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if pretrained is None:
-            sd = build_tiny_sd(seed)
-            default = TINY_CONFIG
-        else:
-            sd = load_sd(pretrained, dtype=dtype)
-            default = UNTRAINED_CONFIG
-        for m in (sd.unet, sd.vae, sd.text_encoder):
-            m.to(device)
-        if weights is not None:
-            model = DenseFace.from_trained(sd, weights)
-        else:
-            log.warning("no Dense-Face weights given: G2 runs untrained modules (a pipeline smoke run)")
-            model = DenseFace.from_sd(sd, default)
-        if dtype is not None:
-            model.trainable_modules().to(dtype)
-        model.eval()
-        return cls(sd, model, id_weights=id_weights, build=build, weights_dir=weights)
+             id_backend: str | None = None, id_weights: str | None = None,
+             build: BuildConfig | None = None) -> "DenseFaceGenerator":
+        """As `denseface.pipeline.DenseFacePipeline.load`: ``pretrained`` None = the tiny offline SD
+        (built from ``seed``), else a diffusers SD folder or hub id (or a saved DenseFacePipeline);
+        ``weights``: a `DenseFace.save_trained` folder; None: the pipeline folder's own, else an
+        untrained Dense-Face (`TINY_CONFIG` / `UNTRAINED_CONFIG`), which only exercises the pipeline."""
+        from denseface.pipeline import DenseFacePipeline
+
+        pipe = DenseFacePipeline.load(pretrained, weights, seed=seed, device=device, dtype=dtype,
+                                      id_backend=id_backend, id_weights=id_weights)
+        return cls(pipe.sd_components(), pipe.dense_face, id_backend, id_weights, build)
 
     # ---- parts ------------------------------------------------------------------------------
     @property
@@ -555,9 +553,10 @@ class DenseFaceGenerator:
                  steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                  size: int | None = None, face_box: Sequence[float] | None = None, strength: float = 1.0,
                  crop_size: int | None = None, mask_dilate: float = MASK_DILATE,
-                 feather: float = FEATHER) -> GenerationResult:
+                 feather: float = FEATHER, generator: torch.Generator | None = None) -> GenerationResult:
         """Text mode (``target`` None: G1 base image from ``prompt``) or face swap (``target``
-        photo); then face region, G2 latent blending with ``reference``'s identity, paste back."""
+        photo); then face region, G2 latent blending with ``reference``'s identity, paste back.
+        ``generator`` (default: seeded with ``seed``) drives G1 and then G2."""
         timings: dict[str, float] = {}
         tic = time.perf_counter()
 
@@ -567,7 +566,7 @@ class DenseFaceGenerator:
             timings[name] = round(now - tic, 3)
             tic = now
 
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = generator or torch.Generator().manual_seed(int(seed))
         id_emb = self.identity(reference)
         lap("identity")
         if target is None:
@@ -597,21 +596,31 @@ class DenseFaceGenerator:
 # ---- command line ------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    """``denseface generate`` (options in denseface/cli.py): returns the exit status."""
+    """``denseface generate`` (options in denseface/cli.py): `DenseFacePipeline` on the command line,
+    after the weights check; returns the exit status."""
+    from denseface.model_refs import require
+    from denseface.pipeline import DenseFacePipeline
+    from denseface.weights_check import generate_needs
+
     if args.target is None and not args.prompt:
         print("error: --prompt is required without --target", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
-        gen = DenseFaceGenerator.load(args.pretrained, args.weights, seed=args.seed, device=args.device,
-                                      dtype=torch.float16 if args.fp16 else None, id_weights=args.id_weights)
+        require(generate_needs(args.pretrained, args.weights, args.id_backend, args.id_weights))
+        pipe = DenseFacePipeline.load(args.pretrained, args.weights, seed=args.seed, device=args.device,
+                                      dtype=torch.float16 if args.fp16 else None, id_backend=args.id_backend,
+                                      id_weights=args.id_weights)
         t_load = time.perf_counter() - t0
-        res = gen.generate(args.reference, args.prompt, target=args.target, negative_prompt=args.negative_prompt,
-                           steps=args.steps, guidance=args.guidance, seed=args.seed, size=args.size,
-                           face_box=args.face_box, strength=args.strength)
+        res = pipe(prompt=args.prompt, reference_image=args.reference, target_image=args.target,
+                   negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                   generator=torch.Generator().manual_seed(args.seed), height=args.size, strength=args.strength,
+                   face_box=args.face_box).results[0]
     except (FileNotFoundError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
+    gen = pipe.generator()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from PIL import Image

@@ -19,6 +19,7 @@ from denseface.annotators.pseudo_mask import PseudoMask
 from denseface.annotators.restore import Restore
 from denseface.config import BuildConfig
 from denseface.errors import ConfigError, MissingFileError
+from denseface.model_refs import require
 from denseface.shards import schema
 
 STAGES: tuple[type[Stage], ...] = (
@@ -40,6 +41,7 @@ def build_stages(cfg: BuildConfig) -> list[Stage]:
     if unknown:
         raise ConfigError(f"config names unknown stages {sorted(unknown)}; stages are {[s.name for s in STAGES]}")
     stages = [cls(cfg) for cls in STAGES]
+    require([w for stage in stages for w in stage.weights()])  # every missing model at once, before any work
     for stage in stages:
         try:
             stage.check()  # missing weights etc. fail here, before any work starts
@@ -81,9 +83,9 @@ def manifest_schema(stages: list[Stage]) -> pa.Schema:
 def build_fingerprint(cfg: BuildConfig, stages: list[Stage]) -> str:
     """What decides the bytes of a unit's outputs; a unit written under another
     fingerprint is redone on resume rather than mixed into the dataset."""
-    decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner", "wave_units"})
+    decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner", "wave_units", "pretrained"})
     for name, conf in decisive.get("stages", {}).items():
-        for k in ("num_cpus", "num_gpus", "batch_size", "concurrency"):
+        for k in ("num_cpus", "num_gpus", "batch_size", "concurrency", "sha256"):
             conf.pop(k, None)
     decisive["stage_versions"] = [f"{s.name}:{s.backend}@{s.version}" for s in stages]
     decisive["schema_version"] = schema.SCHEMA_VERSION

@@ -2,7 +2,7 @@
 
 Why: tests, CPU demos and CI must run offline and in seconds, so they use a tiny model with the
 same module layout as SD 2.1 (linear-projection transformers, CLIP text encoder, 8x VAE). Real
-training loads SD 2.1 from a *local* diffusers-layout folder with the same `load_sd` call.
+training loads SD 2.1 from a local diffusers-layout folder or a hub id with the same `load_sd` call.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from denseface.model_refs import Resolved, require, resolve_pretrained
+
 SD_SUBFOLDERS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 # Words that get a single BPE token in the tiny vocabulary (the identity MLP anchors on "face").
@@ -24,9 +26,9 @@ TINY_WORDS: tuple[str, ...] = (
 )
 
 HOW_TO_GET_SD = (
-    "Put a Stable Diffusion 2.1 checkpoint in diffusers layout there (model_index.json plus the "
-    "unet/ vae/ text_encoder/ tokenizer/ scheduler/ subfolders; e.g. `hf download <sd-2.1 repo> "
-    "--local-dir PATH` on a machine with network, then copy it), or write the tiny offline demo "
+    "Give a hub id (e.g. stabilityai/stable-diffusion-2-1-base) or a Stable Diffusion 2.1 checkpoint "
+    "in diffusers layout (model_index.json plus the unet/ vae/ text_encoder/ tokenizer/ scheduler/ "
+    "subfolders; e.g. `hf download <sd-2.1 repo> --local-dir PATH`), or write the tiny offline demo "
     "model with `python -c \"from denseface.model.tiny_sd import save_tiny_sd; save_tiny_sd('PATH')\"`."
 )
 
@@ -210,24 +212,34 @@ def check_sd_folder(path: str | Path) -> Path:
     return path
 
 
+def resolve_sd(ref: str | Path) -> Resolved:
+    """Where the SD model ``ref`` (local diffusers folder or hub id[@revision]) is; nothing downloaded."""
+    return resolve_pretrained(ref, "Stable Diffusion", HOW_TO_GET_SD)
+
+
 def load_sd(
-    path: str | Path,
+    ref: str | Path,
     dtype: torch.dtype | None = None,
     scheduler_cls: type[SchedulerMixin] = DDIMScheduler,
 ) -> SDComponents:
-    """Load any local diffusers-layout SD folder (real SD 2.1 or the tiny one); never touches the network.
+    """Load SD from a local diffusers-layout folder (real SD 2.1 or the tiny one) or a hub id
+    (``stabilityai/stable-diffusion-2-1-base[@revision]``: the Hugging Face cache, downloading
+    on first use unless offline). A missing model fails here, in one line, before any loading.
 
     The scheduler is rebuilt as `scheduler_cls` (default DDIM, as in the paper) from the saved config.
     """
-    path = check_sd_folder(path)
-    kw = dict(local_files_only=True)
+    resolved = resolve_sd(ref)
+    require([resolved])
+    if resolved.kind == "path":
+        check_sd_folder(resolved.location)
+    source, kw = resolved.pretrained_args()
     dkw = dict(kw, torch_dtype=dtype) if dtype is not None else kw
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **dkw)
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **dkw)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **dkw)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **dkw)
     tkw = dict(kw, dtype=dtype) if dtype is not None else kw  # transformers 5 spells it `dtype`
-    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **tkw)
-    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", **kw)
-    scheduler = scheduler_cls.from_pretrained(path, subfolder="scheduler", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **tkw)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+    scheduler = scheduler_cls.from_pretrained(source, subfolder="scheduler", **kw)
     for m in (unet, vae, text_encoder):
         m.eval()
     return SDComponents(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)

@@ -173,20 +173,55 @@ def test_cli_without_prompt_or_target_fails(tmp_path):
 
 
 def test_weights_folder_sets_config_and_identity_backend(tmp_path):
-    from denseface.generate import TINY_CONFIG, identity_backend_of
-    from denseface.model.dense_face import DenseFace, DenseFaceConfig
+    from denseface.generate import TINY_CONFIG
+    from denseface.model.dense_face import DenseFace
     from denseface.model.tiny_sd import build_tiny_sd
 
-    DenseFace.from_sd(build_tiny_sd(0), TINY_CONFIG).save_trained(tmp_path / "w", metadata={"id_backend": "dlib"})
+    DenseFace.from_sd(build_tiny_sd(0), TINY_CONFIG).save_trained(tmp_path / "w")
     g = DenseFaceGenerator.load(None, tmp_path / "w", device="cpu")
     assert g.model.config == TINY_CONFIG and g.id_backend == "dlib"
-    assert identity_backend_of(DenseFaceConfig(id_dim=512)) == "arcface"
-    assert identity_backend_of(DenseFaceConfig(id_dim=128)) == "dlib"
-    assert identity_backend_of(DenseFaceConfig(id_dim=512, extra={"id_backend": "dlib"})) == "dlib"
 
 
-def test_arcface_model_without_identity_weights_fails_clearly(gen):
-    g = DenseFaceGenerator(gen.sd, gen.model, id_backend="arcface")
+def test_identity_backend_is_the_recorded_one_never_a_guess():
+    from denseface.generate import identity_backend_for
+    from denseface.model.dense_face import DenseFaceConfig
+
+    assert identity_backend_for(DenseFaceConfig(id_dim=512, extra={"id_backend": "arcface"})) == "arcface"
+    assert identity_backend_for(DenseFaceConfig(id_dim=128, extra={"id_backend": "dlib"}), "dlib") == "dlib"
+    with pytest.raises(ValueError, match="trained with identity backend arcface .512-d.*--id-backend dlib differs"):
+        identity_backend_for(DenseFaceConfig(id_dim=512, extra={"id_backend": "arcface"}), "dlib")
+    with pytest.raises(ValueError, match="does not record the identity backend.*--id-backend"):
+        identity_backend_for(DenseFaceConfig(id_dim=128))  # no guess from the dimension
+    with pytest.raises(ValueError, match="synthetic"):
+        identity_backend_for(DenseFaceConfig(id_dim=128, extra={"id_backend": "synthetic"}))
+    assert identity_backend_for(DenseFaceConfig(id_dim=128, extra={"id_backend": "synthetic"}), "dlib") == "dlib"
+
+
+def test_mismatched_identity_backend_is_refused_by_the_cli(tmp_path, capsys):
+    from denseface.generate import TINY_CONFIG
+    from denseface.model.dense_face import DenseFace
+    from denseface.model.tiny_sd import build_tiny_sd
+
+    DenseFace.from_sd(build_tiny_sd(0), TINY_CONFIG).save_trained(tmp_path / "w")  # records dlib
+    out = tmp_path / "x.png"
+    rc = main(["generate", "--prompt", "a face", "--reference", str(sample_photo("obama")), "--weights",
+               str(tmp_path / "w"), "--id-backend", "arcface", "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "trained with identity backend dlib" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_arcface_model_without_identity_weights_fails_clearly():
+    from dataclasses import replace
+
+    from denseface.generate import TINY_CONFIG
+    from denseface.model.dense_face import DenseFace
+    from denseface.model.tiny_sd import build_tiny_sd
+
+    sd = build_tiny_sd(0)
+    model = DenseFace.from_sd(sd, replace(TINY_CONFIG, id_dim=512, extra={"id_backend": "arcface"}))
+    g = DenseFaceGenerator(sd, model)
+    assert g.id_backend == "arcface"
     with pytest.raises(FileNotFoundError, match="arcface needs weights"):
         g.identity(sample_photo("obama"))
 

@@ -18,7 +18,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="dataset folder, shard pattern (shard-{000000..000009}.tar) or pipe:/fsspec URL; repeatable "
                         "(default data/sample-dataset)")
     t.add_argument("--config", type=Path, help="YAML TrainConfig; flags override it")
-    t.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
+    t.add_argument("--pretrained", help="SD 2.1: hub id[@revision] (e.g. stabilityai/stable-diffusion-2-1-base) or "
+                   "diffusers folder (default: the tiny offline model)")
     t.add_argument("--out", dest="output_dir", type=Path, help="run folder: checkpoints, tensorboard, losses.jsonl")
     t.add_argument("--resume", help="checkpoint folder, or 'latest' (of --out)")
     t.add_argument("--steps", type=int)
@@ -60,7 +61,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from denseface.model_refs import require
+    from denseface.weights_check import sd_needs
+
     cfg = config_from_args(args)
+    require(sd_needs(cfg.pretrained))  # a missing SD fails here, before any data is touched
     if args.synthetic:
         from denseface.shards.reader import shard_paths
         from denseface.train.synthetic import publish_synthetic_dataset

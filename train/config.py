@@ -28,7 +28,7 @@ class TrainConfig(BaseModel):
     use_latents: bool = True  # take latent.npy when a sample has one made by this VAE, instead of running it
     caption_dropout: float = Field(0.1, ge=0.0, le=1.0)  # prompt -> "" (classifier-free guidance)
     # model
-    pretrained: Path | None = None  # local diffusers SD folder (SD 2.1); None: the tiny offline model
+    pretrained: str | None = None  # SD 2.1: hub id[@revision] or diffusers folder; None: the tiny offline model
     resolution: int | None = Field(None, ge=64)  # None: the model's (UNet sample size x 8)
     head_size: int | None = Field(None, ge=1)  # dense-head output size; None: latent size
     heatmap_sigma: float = Field(1.0, gt=0.0)  # in head pixels

@@ -100,6 +100,16 @@ def _read_stream(url: str) -> Iterable[tuple[str, str, bytes]]:
                 yield s["__key__"], ext, s[ext]
 
 
+def identity_backend(urls: Sequence[str]) -> str | None:
+    """The identity backend named in the first sample json of the first shard (the build's
+    identity stage decides it for the whole dataset), None when it names none."""
+    p = _local_path(urls[0])
+    for _, ext, data in _read_local(p) if p is not None else _read_stream(urls[0]):
+        if ext == JSON:
+            return json.loads(data.decode("utf-8")).get("id_backend")
+    return None
+
+
 def _read_sidecar(url: str) -> bytes | None:
     """The shard's identity sidecar, None where there is none (a dataset built before it existed)."""
     side = sidecar_url(url)

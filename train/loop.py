@@ -37,7 +37,7 @@ from denseface.train import checkpoint as ckpt
 from denseface.train.config import TrainConfig
 from denseface.train.data import (DataState, SampleToTensors, effective_workers, make_loader, make_pipeline,
                                   resolve_urls, start_workers)
-from denseface.train.identity_index import IdentityIndex
+from denseface.train.identity_index import IdentityIndex, identity_backend
 from denseface.train.losses import TERMS, LossWeights, dense_face_loss, diffusion_target, sample_timesteps
 from denseface.train.stream import seed_of
 from denseface.train.targets import render_heatmaps
@@ -149,6 +149,8 @@ class Trainer:
         if overrides.get("id_dim", self.index.dim) != self.index.dim:
             raise ValueError(f"model id_dim {overrides['id_dim']} != the data's identity embeddings ({self.index.dim})")
         overrides["id_dim"] = self.index.dim
+        # Lineage: generation must embed its reference with the backend these embeddings came from.
+        overrides["extra"] = {**overrides.get("extra", {}), "id_backend": identity_backend(self.urls)}
         if cfg.head_size is not None:
             overrides["head_out_size"] = cfg.head_size
         set_seed(cfg.seed)
