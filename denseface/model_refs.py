@@ -125,7 +125,9 @@ class Resolved:
         a hub id with its revision, and ``local_files_only`` only when offline."""
         if self.kind != "hub":
             return self.location, {"local_files_only": True}
-        kw: dict[str, Any] = {"revision": self.revision} if self.revision else {}
+        kw: dict[str, Any] = {"cache_dir": str(hub_cache())}  # the libraries read HF_HUB_CACHE only at import
+        if self.revision:
+            kw["revision"] = self.revision
         if offline():
             kw["local_files_only"] = True
         return self.repo_id, kw

@@ -189,8 +189,8 @@ def bundled_dense_face(source: str, kwargs: dict[str, Any]) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
-        root = snapshot_download(source, revision=kwargs.get("revision"), allow_patterns=[f"{DENSE_FACE_FOLDER}/*"],
-                                 local_files_only=offline())
+        root = snapshot_download(source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
+                                 allow_patterns=[f"{DENSE_FACE_FOLDER}/*"], local_files_only=offline())
     except Exception:  # noqa: BLE001 - a plain SD repo has no dense_face/: untrained modules
         return None
     folder = Path(root) / DENSE_FACE_FOLDER

@@ -49,6 +49,8 @@ def test_checkpoint_holds_only_the_trained_modules(dataset, tmp_path):
     assert path.name == "step-000002" and (path.parent / "latest").read_text() == "step-000002"
     names = load_file(str(path / WEIGHTS_NAME)).keys()
     assert {n.split(".")[0] for n in names} == set(TRAINABLE)
+    lineage = json.loads((path / "dense_face.json").read_text())["config"]  # what generate embeds references with
+    assert lineage["extra"]["id_backend"] == "synthetic" and lineage["id_dim"] == 128
     state = torch.load(path / "trainer.pt", weights_only=True)
     assert state["step"] == 2 and state["optimizer"]["state"]
     assert json.loads((path / "data-rank0.json").read_text())["positions"]
