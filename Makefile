@@ -4,14 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DF := $(VENV)/bin/denseface
 STAMP := $(VENV)/.installed
-# make build-dataset SOURCE=casia:/data/CASIA-WebFace OUT=/data/t2i-dense-face WORKERS=16
+# make build-dataset SOURCE=casia:/data/CASIA-WebFace OUT=/data/t2i-dense-face WORKERS=16 [CONFIG=paper]
+# CONFIG: a YAML file or a preset name (default: the offline set; paper: the paper's models)
 SOURCE ?=
+CONFIG ?=
 OUT ?= data/sample-dataset
 WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample build-dataset train inspect query generate evaluate browser test test-slow bench bench-gpu clean
+.PHONY: venv sample weights-check build-dataset train inspect query generate evaluate browser test test-slow bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +28,13 @@ venv: $(STAMP)
 sample: venv
 	$(DF) sample
 
+# make weights-check [CONFIG=paper] [PRETRAINED=...]: every model needed, found or missing
+weights-check: venv
+	$(DF) weights check $(if $(CONFIG),--config $(CONFIG)) $(if $(PRETRAINED),--pretrained $(PRETRAINED))
+
 build-dataset: venv
 	$(DF) build-dataset --source $(if $(SOURCE),$(SOURCE),casia:$$($(DF) sample)) --out $(OUT) \
-		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+		$(if $(WORKERS),--workers $(WORKERS)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 	$(DF) shards verify $(OUT)
 
 # make train                      tiny offline model on the sample dataset, CPU, a few hundred steps
