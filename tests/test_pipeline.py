@@ -80,3 +80,16 @@ def test_call_convention(trained_pipe):
     assert len(images) == 1 and results[0].final.shape == (64, 64, 3)
     with pytest.raises(ValueError, match="reference_image"):
         trained_pipe(prompt=PROMPT)
+
+
+def test_cli_generates_from_a_saved_pipeline_folder(trained_pipe, tmp_path):
+    from denseface.cli import main
+
+    trained_pipe.save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "out.png"
+    rc = main(["generate", "--pretrained", str(tmp_path / "pipe"), "--prompt", PROMPT, "--reference",
+               str(sample_photo("obama")), "--steps", "4", "--seed", "3", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    expected = np.rint(_run(trained_pipe)[0] * 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(out)), expected)  # the CLI is the pipeline
+    assert json.loads(out.with_suffix(".json").read_text())["id_backend"] == "dlib"
