@@ -78,7 +78,7 @@ def expand(ref: str | os.PathLike) -> str:
 def split_hub_ref(ref: str) -> tuple[str, str | None] | None:
     """``owner/name[@revision]`` -> (id, revision); None when ``ref`` is no hub id."""
     repo, _, revision = str(ref).partition("@")
-    if not HUB_ID.match(repo) or repo.startswith((".", "~")):
+    if not HUB_ID.match(repo):  # also rules out "./x", "~/x", "/x" and deeper paths
         return None
     return repo, revision or None
 
