@@ -67,9 +67,13 @@ def parse_metrics(text: str | None) -> tuple[str, ...]:
 
 
 def hf_load(cls, ref: str, what: str, flag: str):
-    """``cls.from_pretrained(ref)`` with a one-line error naming the model when it cannot load."""
+    """``cls.from_pretrained(ref)`` with a one-line error naming the model when it cannot load;
+    ``ref`` as every model reference (`denseface.model_refs`: folder, or hub id[@revision])."""
+    from denseface.model_refs import resolve_pretrained
+
+    source, kwargs = resolve_pretrained(ref, what).pretrained_args()
     try:
-        return cls.from_pretrained(ref)
+        return cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EvalInputError(f"{what} model {ref!r} ({flag}) cannot be loaded: {first[:200]}. Give a local folder, "
