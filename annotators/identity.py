@@ -341,8 +341,13 @@ class Identity(Stage):
             how = ("Set stages.identity.weights to a local ArcFace .onnx path and put insightface's buffalo_l "
                    "w600k_r50.onnx (or another ArcFace ONNX model) there (insightface model zoo, "
                    "https://github.com/deepinsight/insightface)")
-            return [resolve_file(self.conf.weights, "identity backend arcface needs weights (ArcFace ONNX model)", how, "stages.identity.weights",
-                                 self.conf.sha256)]
+            return [resolve_file(self.conf.weights, "identity backend arcface needs weights (ArcFace ONNX model)",
+                                 how, "stages.identity.weights", self.conf.sha256)]
+        if self.backend == "irse50":
+            how = ("Set stages.identity.weights to a local model_ir_se50.pth (the ArcFace IR-SE50 of "
+                   "TreB1eN/InsightFace_Pytorch) or to the released Dense-Face checkpoint that holds it")
+            return [resolve_file(self.conf.weights, "identity backend irse50 needs weights (IR-SE50 .pth)", how,
+                                 "stages.identity.weights", self.conf.sha256)]
         folder = dlib_weights_dir(self.conf.weights)
         how = ("pip install face-recognition-models (the default folder), or download "
                "http://dlib.net/files/<name>.bz2, unpack, and set stages.identity.weights to their folder")
@@ -373,18 +378,13 @@ class Identity(Stage):
             raise ValueError("identity option input_std must not be 0")
 
     def _check_irse50(self) -> None:
-        how = ("set stages.identity.weights to a local model_ir_se50.pth (the ArcFace IR-SE50 of "
-               "TreB1eN/InsightFace_Pytorch) or to the released Dense-Face checkpoint that holds it")
-        path = Path(self.conf.weights).expanduser() if self.conf.weights else None
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"identity backend irse50 needs weights: {path or 'stages.identity.weights is unset'}"
-                                    f"{' not found' if path else ''}; {how}")
+        require(self.weights())
         if self._option("eyes", "iris") not in MP_FIVE_POINTS:
             raise ValueError(f"identity option eyes must be one of {sorted(MP_FIVE_POINTS)}, got {self._option('eyes', 'iris')!r}")
 
     def setup(self) -> None:
         if self.backend == "irse50":
-            self._model = IRSE50Torch(Path(self.conf.weights).expanduser(), use_gpu=self.conf.num_gpus > 0)
+            self._model = IRSE50Torch(Path(expand(self.conf.weights)), use_gpu=self.conf.num_gpus > 0)
         elif self.backend == "dlib":
             self._model = DlibDescriptor(dlib_weights_dir(self.conf.weights),
                                          num_jitters=int(self._option("num_jitters", 0)),

@@ -200,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     wc.add_argument("--config", help="YAML build config or a preset name (default, paper); default: default")
     wc.add_argument("--pretrained", help="SD (hub id[@revision] or folder); default: the config's `pretrained`")
     wc.add_argument("--weights", type=Path, help="a trained Dense-Face folder to check too (with its identity backend)")
-    wc.add_argument("--id-backend", choices=["dlib", "arcface"], help="identity backend for generation")
+    wc.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"], help="identity backend for generation")
     wc.add_argument("--id-weights", help="identity backend weights for generation (ArcFace .onnx)")
     wc.set_defaults(func=_weights_check)
 
@@ -213,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
                    "(default: the tiny offline model)")
     g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained / a training checkpoint "
                    "(default: the pipeline folder's dense_face/, else untrained)")
-    g.add_argument("--id-backend", choices=["dlib", "arcface"],
+    g.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"],
                    help="identity backend; must be the one the model was trained with (default: the recorded one)")
     g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
     g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")

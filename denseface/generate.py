@@ -273,7 +273,7 @@ def identity_backend_for(config: DenseFaceConfig, requested: str | None = None) 
     if not requested:
         why = ("was trained on synthetic identity embeddings" if recorded == SYNTHETIC_ID
                else "does not record the identity backend it was trained with")
-        raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); give it with --id-backend dlib|arcface")
+        raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); give it with --id-backend dlib|arcface|irse50")
     return requested
 
 
