@@ -15,8 +15,10 @@ import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.annotators import mesh_topology as mt
-from denseface.annotators.face_detectors import Face, FaceDetector, dlib_models
+from denseface.annotators.face_detectors import DLIB_CNN, DLIB_SHAPE_68, Face, FaceDetector, dlib_models
+from denseface.annotators.identity import dlib_weights_dir
 from denseface.annotators.landmarks import FaceMesh
+from denseface.model_refs import Resolved, resolve_file
 
 MESH_EYE_IMG_LEFT = sorted(set(mt.EYE_IMG_LEFT_UPPER + mt.EYE_IMG_LEFT_LOWER))
 MESH_EYE_IMG_RIGHT = sorted(set(mt.EYE_IMG_RIGHT_UPPER + mt.EYE_IMG_RIGHT_LOWER))
@@ -145,6 +147,13 @@ class DetectAlign(Stage):
         if unknown:
             raise ValueError(f"detect_align: unknown options {sorted(unknown)}; known: {sorted(self.OPTIONS)}")
         dlib_models()  # the cascade's last step: a missing file fails here, before any work
+
+    def weights(self) -> list[Resolved]:
+        """The dlib files of the cascade's last step (`denseface weights check` lists them)."""
+        folder = dlib_weights_dir(None)
+        return [resolve_file(folder / name if folder else None, f"detect_align: dlib {name}",
+                             "pip install face-recognition-models", "face-recognition-models (not installed)")
+                for name in (DLIB_CNN, DLIB_SHAPE_68)]
 
     def setup(self) -> None:
         self._detector = FaceDetector(self.build.min_face_score)

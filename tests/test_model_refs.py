@@ -128,7 +128,8 @@ def test_paper_preset():
 def test_weights_check_default_is_complete(hub, capsys):
     assert main(["weights", "check"]) == 0
     out = capsys.readouterr().out
-    assert out.count("status: found") == 2 and "dlib_face_recognition_resnet_model_v1.dat" in out
+    assert out.count("status: found") == 4 and "dlib_face_recognition_resnet_model_v1.dat" in out
+    assert "mmod_human_face_detector.dat" in out  # the detection cascade's dlib step
     assert "0 missing" in out
 
 
@@ -139,7 +140,8 @@ def test_weights_check_paper_lists_everything_and_fails(hub, tmp_path, capsys):
     save_tiny_sd(cache_snapshot(hub, "stabilityai/stable-diffusion-2-1-base"))
     assert main(["weights", "check", "--config", "paper"]) == 1
     out = capsys.readouterr().out
-    assert len([b for b in out.split("\n") if b.startswith("    status:")]) == 11  # 3 files, 6 captioners, CLIP, SD
+    # 2 detector files, 3 stage files, 6 captioners, CLIP, SD
+    assert len([b for b in out.split("\n") if b.startswith("    status:")]) == 13
     hopenet = out[out.index("head_pose: Hopenet"):].split("\n")[:6]
     assert "status: found" in hopenet[3] and "2.0 KB" in hopenet[4]
     assert hashlib.sha256(b"x" * 2048).hexdigest() in hopenet[5]
