@@ -157,12 +157,9 @@ class HeadPose(Stage):
     def setup(self) -> None:
         self._hopenet = None
         if self.backend == "hopenet":
-            import torch
-
             from denseface.model.hopenet import HopenetPose
 
-            cuda = self.conf.num_gpus > 0 and torch.cuda.is_available()
-            self._hopenet = HopenetPose(expand(self.conf.weights), "cuda" if cuda else "cpu")
+            self._hopenet = HopenetPose(expand(self.conf.weights), self.device())
 
     def process_batch(self, items: list[Item]) -> None:
         for item in items:

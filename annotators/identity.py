@@ -294,13 +294,13 @@ class IRSE50Torch:
 
     size = ARCFACE_SIZE
 
-    def __init__(self, path: Path, use_gpu: bool = False) -> None:
+    def __init__(self, path: Path, device: str = "cpu") -> None:
         import torch
 
         from denseface.model.irse50 import load_irse50
 
         self._torch = torch
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
         self.net = load_irse50(path, self.device)
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
@@ -384,7 +384,7 @@ class Identity(Stage):
 
     def setup(self) -> None:
         if self.backend == "irse50":
-            self._model = IRSE50Torch(Path(expand(self.conf.weights)), use_gpu=self.conf.num_gpus > 0)
+            self._model = IRSE50Torch(Path(expand(self.conf.weights)), device=self.device())
         elif self.backend == "dlib":
             self._model = DlibDescriptor(dlib_weights_dir(self.conf.weights),
                                          num_jitters=int(self._option("num_jitters", 0)),

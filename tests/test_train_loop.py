@@ -113,3 +113,23 @@ def test_gradient_checkpointing_gives_the_same_step(dataset, tmp_path):
     torch.testing.assert_close(a, b)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_more_processes_than_shards_is_one_error_line_before_any_model_loads(dataset, tmp_path, monkeypatch, capsys):
+    """A 2-process launch on a 1-shard dataset: every rank says so in one line and exits non-zero."""
+    from types import SimpleNamespace
+
+    from denseface.cli import main
+    from denseface.train import loop
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the shard check")
+
+    launch = SimpleNamespace(num_processes=2, process_index=0)
+    monkeypatch.setattr(loop, "make_accelerator", lambda cfg: launch)
+    monkeypatch.setattr(loop, "build_tiny_sd", no_model)
+    one_shard = write_synthetic_dataset(tmp_path / "one", identities=1, per_identity=1, shards=1)
+    code = main(["train", "--data", str(one_shard), "--out", str(tmp_path / "run"), "--steps", "1", "--cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: 1 shard(s) for 2 processes"), err

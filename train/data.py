@@ -256,10 +256,17 @@ class DataState:
                    {int(k): tuple(v) for k, v in d["positions"].items()}, d["next_worker"])
 
 
+def check_shards_per_process(n_shards: int, world_size: int) -> None:
+    """Every process reads its own shards, so a launch with more processes than shards is the
+    user's to fix (fewer processes, or a rebuild with a smaller ``--shard-size``)."""
+    if n_shards < world_size:
+        raise UserError(f"{n_shards} shard(s) for {world_size} processes: every process needs at least one; "
+                        "launch fewer processes or rebuild the dataset with a smaller --shard-size")
+
+
 def effective_workers(n_shards: int, world_size: int, wanted: int) -> int:
     """DataLoader workers actually used: every worker of every rank needs at least one shard."""
-    if n_shards < world_size:
-        raise ValueError(f"{n_shards} shard(s) for {world_size} processes: every process needs one")
+    check_shards_per_process(n_shards, world_size)
     n = min(wanted, n_shards // world_size)
     if n < wanted:
         warnings.warn(f"{n_shards} shard(s) for {world_size} process(es): using {n} DataLoader worker(s) "

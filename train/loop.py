@@ -35,8 +35,8 @@ from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
 from denseface.train import checkpoint as ckpt
 from denseface.train.config import TrainConfig
-from denseface.train.data import (DataState, SampleToTensors, effective_workers, make_loader, make_pipeline,
-                                  resolve_urls, start_workers)
+from denseface.train.data import (DataState, SampleToTensors, check_shards_per_process, effective_workers, make_loader,
+                                  make_pipeline, resolve_urls, start_workers)
 from denseface.train.identity_index import IdentityIndex, identity_backend
 from denseface.train.losses import TERMS, LossWeights, dense_face_loss, diffusion_target, sample_timesteps
 from denseface.train.stream import seed_of
@@ -131,6 +131,9 @@ class Trainer:
         self.cfg = cfg
         self.accelerator = acc = accelerator or make_accelerator(cfg)
         set_seed(cfg.seed)  # the new modules' initialisation is reproducible
+        self.urls = resolve_urls(cfg.data, cfg.bad_shards)
+        check_shards_per_process(len(self.urls), acc.num_processes)  # before any model is loaded
+        self.val_urls = resolve_urls(cfg.val_data, cfg.bad_shards) if cfg.val_data else self.urls
         self.sd = sd if sd is not None else (load_sd(cfg.pretrained) if cfg.pretrained else build_tiny_sd(cfg.seed))
         vae_scale = 2 ** (len(self.sd.vae.config.block_out_channels) - 1)
         self.resolution = cfg.resolution or self.sd.unet.config.sample_size * vae_scale
@@ -141,8 +144,6 @@ class Trainer:
         mode = cfg.heatmaps_on
         self.heatmaps_in_loader = mode == "loader" or (mode == "auto" and self.head_size <= LOADER_HEATMAP_MAX)
 
-        self.urls = resolve_urls(cfg.data, cfg.bad_shards)
-        self.val_urls = resolve_urls(cfg.val_data, cfg.bad_shards) if cfg.val_data else self.urls
         with acc.local_main_process_first():  # one process per node builds the cached index
             self.index = IdentityIndex.load_or_build(self.urls, cfg.id_index)
         overrides = dict(cfg.model)
