@@ -10,7 +10,10 @@ its baseline.
   optional ``latent.npy`` gives them) vs plain full-UNet fine-tuning vs diffusers ControlNet
   training (frozen UNet, the nearest peer), all with the same VAE and text encoding;
 * ETL model stages in images/s at a batch size: CodeFormer (512 px), Hopenet (ResNet-50,
-  224 px), ArcFace IR-SE50 (112 px), dlib's face ResNet in torch (150 px chips).
+  224 px), ArcFace IR-SE50 (112 px), dlib's face ResNet in torch (150 px chips), ArcFace R50
+  as an ONNX graph under onnxruntime, the caption stage's captioners at their published sizes
+  and CLIP ViT-L/14 scoring (`tests/bench/annotation_models.py`), and from these the GPU-hours
+  to annotate the paper's 2 M images.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,10 +38,12 @@ class Shape:
     full_size: bool  # SD-2.1-base / published architectures, else tiny ones
     dtype: torch.dtype = torch.float32  # autocast dtype of the training steps
     stage_batch: int = 32
+    caption_tokens: int = 30  # the caption stage's default max_new_tokens
 
 
 FULL = Shape("cuda", 512, 8, True, torch.bfloat16)
-TINY = Shape("cpu", 64, 2, False, torch.float32, stage_batch=2)
+TINY = Shape("cpu", 64, 2, False, torch.float32, stage_batch=2, caption_tokens=3)
+PAPER_IMAGES = 2_000_000  # T2I-Dense-Face's size
 
 
 def timed(step: Callable[[], Any], device: str, repeats: int = 3) -> dict[str, float]:
@@ -152,13 +158,16 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     return figures
 
 
-def stage_figures(shape: Shape) -> dict[str, float]:
-    """Images/s of the ETL's torch model stages at ``shape.stage_batch``."""
-    from denseface.annotators.identity import DLIB_RECOGNITION, dlib_weights_dir
+def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
+    """Images/s of the ETL's GPU model stages at ``shape.stage_batch``: torch models, ArcFace R50
+    through onnxruntime (`ArcFaceOnnx`, the stage's own runner), each captioner generating
+    ``caption_tokens`` tokens, and CLIP scoring every captioner's caption of each image."""
+    from denseface.annotators.identity import DLIB_RECOGNITION, ArcFaceOnnx, dlib_weights_dir
     from denseface.model.codeformer import CodeFormer
     from denseface.model.dlib_resnet import DlibFaceResNet
     from denseface.model.hopenet import Hopenet
     from denseface.model.irse50 import IRSE50
+    from tests.bench import annotation_models as am
 
     tiny_codeformer = dict(nf=4, ch_mult=(1, 1, 2, 2, 4, 4), norm_groups=4, emb_dim=16, dim_embd=32, n_head=4,
                            n_layers=1, codebook_size=16, img_size=64, latent_size=None, connect_list=("16", "32"))
@@ -171,6 +180,10 @@ def stage_figures(shape: Shape) -> dict[str, float]:
         "dlib face ResNet (torch)": (DlibFaceResNet.load(dlib_weights_dir(None) / DLIB_RECOGNITION), 150, "nhwc"),
     }
     out = {}
+
+    def rate(run: Callable[[], Any]) -> float:
+        return shape.stage_batch / (timed(run, shape.device)["ms"] / 1e3)
+
     for name, (net, size, layout) in models.items():
         net = net.to(shape.device).eval()
         if layout == "nchw":
@@ -183,10 +196,44 @@ def stage_figures(shape: Shape) -> dict[str, float]:
             with torch.inference_mode():
                 net(x)
 
-        out[name] = shape.stage_batch / (timed(run, shape.device)["ms"] / 1e3)
+        out[name] = rate(run)
         del net, x
         _free()
+
+    tiny_r50 = {} if shape.full_size else dict(units=(1, 1, 1, 1), widths=(8, 16, 16, 32))
+    r50 = am.write_iresnet_onnx(work / "r50.onnx", **tiny_r50)
+    arcface = ArcFaceOnnx(r50, use_gpu=shape.device.startswith("cuda"))
+    crops = list(np.random.default_rng(0).integers(0, 256, (shape.stage_batch, 112, 112, 3), dtype=np.uint8))
+    out[f"ArcFace R50 (ONNX, {arcface.session.get_providers()[0].removesuffix('ExecutionProvider')})"] = rate(
+        lambda: arcface(crops))
+    del arcface
+
+    caption_dtype = torch.float16 if shape.device != "cpu" else torch.float32  # as the caption stage runs them
+    for name in (*am.CAPTIONERS, am.CLIP):
+        model = am.build(name, shape.full_size, shape.device, caption_dtype)
+        size = am.image_size(model)
+        pixels = torch.randn(shape.stage_batch, 3, size, size, device=shape.device, dtype=caption_dtype)
+        if name == am.CLIP:
+            out[f"CLIP scoring ({name}, {len(am.CAPTIONERS)} captions)"] = rate(
+                lambda: am.clip_score_batch(model, pixels, len(am.CAPTIONERS), shape.caption_tokens + 2))
+        else:
+            out[f"caption {name}"] = rate(lambda: am.generate_fixed_length(model, pixels, shape.caption_tokens))
+        del model, pixels
+        _free()
     return out
+
+
+def gpu_hours(stages: dict[str, float], device: str, images: int = PAPER_IMAGES) -> tuple[float, list[str]]:
+    """Hours of ``device`` to annotate ``images``, one stage after another: ``images`` x the sum of
+    1 / (images/s) over the annotating stages. One identity network is counted: ArcFace R50 when
+    onnxruntime ran it on ``device`` (a CPU-only onnxruntime on a GPU machine does not), else
+    IR-SE50 in torch, its equal in architecture class; the dlib ResNet is the CPU default's."""
+    provider = "CUDA" if device.startswith("cuda") else "CPU"
+    onnx = [name for name in stages if name.startswith("ArcFace R50 (ONNX")]
+    identity = onnx[0] if onnx and onnx[0].endswith(f", {provider})") else "ArcFace IR-SE50 (torch)"
+    alternatives = {*onnx, "ArcFace IR-SE50 (torch)", "dlib face ResNet (torch)"} - {identity}
+    summed = [name for name in stages if name not in alternatives]
+    return images * sum(1 / stages[name] for name in summed) / 3600, summed
 
 
 def report(shape: Shape, train: dict[str, dict[str, float]], stages: dict[str, float]) -> str:
@@ -200,5 +247,8 @@ def report(shape: Shape, train: dict[str, dict[str, float]], stages: dict[str, f
     lines.append(f"cached latents / VAE every step: "
                  f"{train['Dense-Face, cached latents']['ms'] / train['Dense-Face']['ms']:.2f}")
     lines.append(f"ETL model stages, batch {shape.stage_batch} ({'published sizes' if shape.full_size else 'tiny'}):")
-    lines += [f"  {what:28s} {rate:9.1f} images/s" for what, rate in stages.items()]
+    lines += [f"  {what:48s} {rate:9.1f} images/s  {1e3 / rate:8.2f} ms/image" for what, rate in stages.items()]
+    hours, summed = gpu_hours(stages, shape.device)
+    lines.append(f"{'GPU' if shape.device.startswith('cuda') else 'CPU'}-hours to annotate {PAPER_IMAGES / 1e6:g} M "
+                 f"images, stages in turn: {hours:,.0f} (sum of: {', '.join(summed)})")
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def _throughput(corpus: Path, tmp_path: Path, engines: tuple[str, ...]) -> None:
         print(f"{what:48s} {rate:9.1f} {rate / mesh_rate:13.2f}")
     print(f"pipeline (local, torch) / (decode + face mesh): {local['torch'] / both:.2f}")
     print(f"Ray scaling 2 workers / 1 worker: {ray2 / ray1:.2f}; per core (2 workers): {ray2 / 2:.1f} images/s")
-    tables = {e: read_manifest(tmp_path / f"local1{e}").filter(like="t_").mean() for e in engines}
+    tables = {e: read_manifest(tmp_path / f"local1{e}").filter(regex=r"^t_\w+_ms$").mean() for e in engines}
     print("per-stage ms per image (local runs, from the manifest): " + " | ".join(f"id {e}" for e in engines))
     for col in tables["torch"].index:
         print(f"  {col[2:-3]:14s} " + " ".join(f"{tables[e][col]:8.2f}" for e in engines))

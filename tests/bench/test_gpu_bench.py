@@ -21,6 +21,6 @@ def dataset(tmp_path_factory):
 
 def test_gpu_training_step_and_stages(dataset, tmp_path):
     train = train_step_figures(FULL, dataset, tmp_path)
-    stages = stage_figures(FULL)
+    stages = stage_figures(FULL, tmp_path)
     print("\n" + report(FULL, train, stages))
-    assert all(f["ms"] > 0 for f in train.values())
+    assert all(f["ms"] > 0 for f in train.values()) and all(rate > 0 for rate in stages.values())
