@@ -53,3 +53,17 @@ def test_published_size_configs_build():
     assert params["clip-vit-large-patch14"] == pytest.approx(428, rel=0.01)
     assert params["vit-gpt2"] == pytest.approx(239, rel=0.01)
     assert params["blip-large"] + 23.4 == pytest.approx(470, rel=0.01)
+
+
+def test_bench_times_the_paper_presets_caption_and_identity_models():
+    """The bench's random-weight builds copy the very hub ids the paper preset annotates with."""
+    import yaml
+
+    from denseface.config import PRESETS_DIR
+    from tests.bench.annotation_models import CAPTIONERS, CLIP, PUBLISHED
+
+    stages = yaml.safe_load((PRESETS_DIR / "paper.yaml").read_text())["stages"]
+    options = stages["captions"]["options"]
+    assert {c["name"]: c["path"] for c in options["captioners"]} == {n: PUBLISHED[n][3] for n in CAPTIONERS}
+    assert options["clip"] == PUBLISHED[CLIP][3]
+    assert stages["identity"]["backend"] == "arcface" and stages["identity"]["weights"].endswith("w600k_r50.onnx")
