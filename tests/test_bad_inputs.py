@@ -294,7 +294,8 @@ def test_user_errors_are_one_line_with_exit_codes(tmp_path, capsys, monkeypatch)
     assert code == 2 and err[0].startswith("error: unknown source kind")
     code, err = run("build-dataset", "--source", f"casia:{tmp_path}", "--out", str(tmp_path / "o"),
                     "--config", str(tmp_path / "nope.yaml"))
-    assert code == 2 and err == [f"error: No such file or directory: {tmp_path / 'nope.yaml'}"]
+    assert code == 2 and err == [f"error: config {tmp_path / 'nope.yaml'} not found: give a YAML file or a "
+                                 "preset name (default, paper)"]
     code, err = run("train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"))
     assert code == 2 and err == [f"error: training data not found: {tmp_path / 'nodata'}"]
     code, err = run("shards", "verify", str(tmp_path / "nothing"))
