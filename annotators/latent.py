@@ -2,8 +2,8 @@
 run the VAE on every step.
 
 * ``none`` (default, ``default`` means ``none``): nothing is written.
-* ``vae``: ``AutoencoderKL`` from ``weights``, a local diffusers folder (an SD folder with
-  ``vae/``, or a VAE folder). The member is the posterior *mean* of the 512 crop, before
+* ``vae``: ``AutoencoderKL`` from ``weights``: an SD hub id (``owner/name[@revision]``, its
+  ``vae/``), or a local diffusers folder (an SD folder with ``vae/``, or a VAE folder). The member is the posterior *mean* of the 512 crop, before
   ``scaling_factor`` (float16, 4 x 64 x 64 for SD's VAE), the trainer's convention
   (`denseface.train.data`). Runs batched on the GPU when the stage has ``num_gpus``, in fp32
   (fp16 VAE encoders can overflow).
@@ -22,8 +22,12 @@ import numpy as np
 
 from denseface.annotators.base import Item, Stage
 from denseface.config import BuildConfig, StageConfig
+from denseface.errors import MissingFileError
+from denseface.model_refs import Resolved, require, resolve_pretrained
 
 BACKENDS = ("none", "vae")
+HOW_TO_GET_VAE = ("Set stages.latent.weights to the Stable Diffusion model the trainer uses: a hub id "
+                  "(e.g. stabilityai/stable-diffusion-2-1-base) or its diffusers folder (with vae/).")
 
 
 def vae_fingerprint(vae) -> str:
@@ -39,16 +43,18 @@ def vae_fingerprint(vae) -> str:
     return h.hexdigest()[:16]
 
 
-def vae_folder(weights: str | Path) -> tuple[Path, str | None]:
-    """(folder, subfolder) for ``AutoencoderKL.from_pretrained``: an SD folder's ``vae/`` or a VAE folder."""
-    path = Path(weights).expanduser()
+def vae_source(resolved: Resolved) -> tuple[str, str | None]:
+    """(name or folder, subfolder) for ``AutoencoderKL.from_pretrained``: an SD repo's or folder's
+    ``vae/``, or a VAE folder."""
+    if resolved.kind == "hub":
+        return resolved.pretrained_args()[0], "vae"
+    path = Path(resolved.location)
     if (path / "vae" / "config.json").is_file():
-        return path, "vae"
+        return str(path), "vae"
     if (path / "config.json").is_file():
-        return path, None
-    raise FileNotFoundError(f"latent backend vae: no diffusers VAE at {path} (neither vae/config.json nor "
-                            "config.json); set stages.latent.weights to a local SD 2.1 folder "
-                            "(e.g. huggingface-cli download stabilityai/stable-diffusion-2-1-base --local-dir DIR)")
+        return str(path), None
+    raise MissingFileError(f"latent backend vae: no diffusers VAE at {path} (neither vae/config.json nor "
+                           f"config.json). {HOW_TO_GET_VAE}")
 
 
 class Latent(Stage):
@@ -64,19 +70,27 @@ class Latent(Stage):
         self._vae = None
         self.fingerprint = ""
 
+    def weights(self) -> list[Resolved]:
+        if self.backend != "vae":
+            return []
+        if not self.conf.weights:
+            return [Resolved("latent: VAE", "", "path", "(stages.latent.weights is unset: set it to the SD model "
+                             "the trainer uses)", "missing", how=HOW_TO_GET_VAE)]
+        return [resolve_pretrained(self.conf.weights, "latent: VAE", HOW_TO_GET_VAE)]
+
     def check(self) -> None:
-        if self.backend == "vae":
-            if not self.conf.weights:
-                raise FileNotFoundError("latent backend vae needs weights: stages.latent.weights is unset; set it to "
-                                        "a local diffusers SD 2.1 folder (the VAE the trainer will use)")
-            vae_folder(self.conf.weights)
+        for resolved in self.weights():
+            require([resolved])
+            vae_source(resolved)
 
     def setup(self) -> None:
         if self.backend == "vae":
             from diffusers import AutoencoderKL
 
-            folder, sub = vae_folder(self.conf.weights)
-            self._vae = AutoencoderKL.from_pretrained(folder, subfolder=sub).to(self.device()).eval()
+            (resolved,) = self.weights()
+            source, sub = vae_source(resolved)
+            _, kw = resolved.pretrained_args()
+            self._vae = AutoencoderKL.from_pretrained(source, subfolder=sub, **kw).to(self.device()).eval()
             self.fingerprint = vae_fingerprint(self._vae)
 
     def process_batch(self, items: list[Item]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from denseface.cli import main
@@ -119,7 +120,8 @@ def test_paper_preset():
     assert caps.backend == "models" and caps.options["keep"] == 3 and caps.num_gpus > 0
     kinds = {c["kind"] for c in caps.options["captioners"]}
     assert kinds == {"blip", "blip2", "git", "vision-encoder-decoder"} and "clip" in caps.options["clip"]
-    assert all(st[s].num_gpus > 0 for s in ("restore", "head_pose", "identity"))
+    assert all(st[s].num_gpus > 0 for s in ("restore", "head_pose", "identity", "latent"))
+    assert st["latent"].backend == "vae" and st["latent"].weights == cfg.pretrained  # the trainer's own VAE
     assert load_config("default").stages["restore"].backend == "none"
     with pytest.raises(FileNotFoundError, match="default, paper"):
         load_config("no-such-preset")
@@ -140,8 +142,10 @@ def test_weights_check_paper_lists_everything_and_fails(hub, tmp_path, capsys):
     save_tiny_sd(cache_snapshot(hub, "stabilityai/stable-diffusion-2-1-base"))
     assert main(["weights", "check", "--config", "paper"]) == 1
     out = capsys.readouterr().out
-    # 2 detector files, 3 stage files, 6 captioners, CLIP, SD
-    assert len([b for b in out.split("\n") if b.startswith("    status:")]) == 13
+    # 2 detector files, 3 stage files, the latent stage's VAE, 6 captioners, CLIP, SD
+    assert len([b for b in out.split("\n") if b.startswith("    status:")]) == 14
+    vae = out[out.index("latent: VAE\n"):].split("\n")[:4]
+    assert "status: found" in vae[3] and str(hub) in vae[2]
     hopenet = out[out.index("head_pose: Hopenet"):].split("\n")[:6]
     assert "status: found" in hopenet[3] and "2.0 KB" in hopenet[4]
     assert hashlib.sha256(b"x" * 2048).hexdigest() in hopenet[5]
@@ -157,7 +161,8 @@ def test_build_with_missing_weights_stops_before_work(hub, tmp_path, sample_casi
                "--runner", "local", "--no-progress"])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 10 and all(line.startswith("error: ") for line in lines)  # SD is not the build's
+    # CodeFormer, Hopenet, ArcFace, 6 captioners, CLIP; the latent stage's VAE (SD itself is not the build's)
+    assert rc == 2 and len(lines) == 10 + 1 and all(line.startswith("error: ") for line in lines)
     assert "codeformer.pth" in err and "hf download openai/clip-vit-large-patch14" in err
     assert not out.exists()  # nothing read or written
 
@@ -168,3 +173,23 @@ def test_train_with_a_missing_hub_model_stops_before_work(hub, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: Stable Diffusion: hub id " + FAKE_ID) and err.count("\n") == 1
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_latent_stage_takes_the_sd_hub_id(hub):
+    from denseface.annotators.base import Item
+    from denseface.annotators.latent import Latent, vae_fingerprint
+    from denseface.config import BuildConfig, StageConfig
+    from denseface.model.tiny_sd import build_tiny_sd
+
+    def stage(ref: str) -> Latent:
+        return Latent(BuildConfig(stages={"latent": StageConfig(backend="vae", weights=ref)}))
+
+    with pytest.raises(FileNotFoundError, match=f"hf download {FAKE_ID}"):
+        stage(FAKE_ID).check()
+    save_tiny_sd(cache_snapshot(hub, "stabilityai/stable-diffusion-2-1-base"), seed=0)
+    latent = stage("stabilityai/stable-diffusion-2-1-base")
+    latent.check()
+    item = Item(key="k", identity="p", source="t", source_path="-", unit=0, image=np.zeros((64, 64, 3), np.uint8))
+    (item,) = latent.process([item])
+    assert item.ok and item.arrays["latent"].shape == (4, 8, 8)
+    assert item.fields["latent_vae"] == vae_fingerprint(build_tiny_sd(0).vae)
