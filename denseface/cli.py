@@ -101,6 +101,16 @@ def _weights_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in needed) else 1
 
 
+def _import_official(args: argparse.Namespace) -> int:
+    from denseface.import_official import import_official
+
+    report = import_official(args.ckpt, args.out, args.original_config, args.clip)
+    print(f"wrote {args.out}: {report.summary()}")
+    for key in report.dropped:
+        print(f"dropped {key}")
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     from denseface.generate import run
 
@@ -228,6 +238,15 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, required=True,
                    help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
     g.set_defaults(func=_generate)
+
+    o = sub.add_parser("import-official", help="the released Dense-Face checkpoint (.ckpt/.safetensors) as a "
+                       "DenseFacePipeline folder that `generate --pretrained` runs")
+    o.add_argument("ckpt", type=Path, help="released checkpoint (LDM/ControlNet layout)")
+    o.add_argument("--out", type=Path, required=True, help="folder to write")
+    o.add_argument("--original-config", type=Path, help="LDM YAML of the checkpoint (default: the release's)")
+    o.add_argument("--clip", default="openai/clip-vit-large-patch14",
+                   help="text-encoder config and tokenizer (hub id or folder; default the SD 1.x one)")
+    o.set_defaults(func=_import_official)
 
     from denseface.train.cli import add_train_parser
 
