@@ -227,8 +227,9 @@ def parser() -> argparse.ArgumentParser:
                    help="identity backend; must be the one the model was trained with (default: the recorded one)")
     g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
     g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")
-    g.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 50 for an imported release; else 25)")
+    g.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale (default: the model's, 4 for an imported release; else 7.5)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--size", type=int, help="G1 base image size in px (default: the model's, 512 SD 2.1-base, 64 tiny)")
     g.add_argument("--strength", type=float, default=1.0, help="G2 start noise level, (0, 1] (default 1: full)")

@@ -72,6 +72,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 7.5
+
+
+def sampler_defaults(config: DenseFaceConfig) -> tuple[int, float]:
+    """(steps, guidance) a model asks for (an imported release records DDIM 50, CFG 4), else the defaults."""
+    sampler = config.extra.get("sampler", {})
+    return int(sampler.get("steps", DEFAULT_STEPS)), float(sampler.get("guidance", DEFAULT_GUIDANCE))
 ANALYSIS_SIZE = 512  # the dataset's crop size: the face mesh and the pose run at this size
 FALLBACK_SQUARE = 0.75  # fallback crop: centred square, this fraction of the shorter side
 FALLBACK_ELLIPSE = (0.5, 0.55, 0.30, 0.38)  # fallback mask: centre x, y, semi-axes x, y (crop fractions)
@@ -612,6 +618,8 @@ def run(args: argparse.Namespace) -> int:
                                       dtype=torch.float16 if args.fp16 else None, id_backend=args.id_backend,
                                       id_weights=args.id_weights)
         t_load = time.perf_counter() - t0
+        steps, guidance = sampler_defaults(pipe.dense_face.config)
+        args.steps, args.guidance = args.steps or steps, args.guidance if args.guidance is not None else guidance
         res = pipe(prompt=args.prompt, reference_image=args.reference, target_image=args.target,
                    negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
                    generator=torch.Generator().manual_seed(args.seed), height=args.size, strength=args.strength,

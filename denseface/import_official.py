@@ -22,7 +22,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from denseface.errors import UserError
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
-from denseface.model.irse50 import FACENET_PREFIX, IRSE50
+from denseface.model.irse50 import FACENET_PREFIX
 from denseface.model.tiny_sd import SDComponents
 
 UNET_PREFIX = "model.diffusion_model."
@@ -38,6 +38,7 @@ DROPPED_EXACT = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_
                  "cond_stage_model.transformer.text_model.embeddings.position_ids")
 DROPPED_EMBEDDING = ("string_to_param_dict.", "initial_embeddings.", "string_to_token_dict.")  # the `*` word vector
 IRSE50_FILE = "irse50.pth"
+VAE_SCALE = 8
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"  # SD 1.x text encoder and tokenizer (config + vocabulary only)
 RELEASE_SAMPLER = {"steps": 50, "eta": 1.0, "guidance": 4.0, "size": 256}
 RELEASE_POSE_IMAGE = {"canvas": 256, "background": "white", "axis_length": 100, "z_axis_factor": 2, "line_width": 4}
@@ -96,6 +97,15 @@ def read_original_config(path: str | Path | None) -> dict:
     if path is None:
         return copy.deepcopy(RELEASE_ORIGINAL_CONFIG)
     return yaml.safe_load(Path(path).read_text())
+
+
+def image_size(original: dict) -> int:
+    """Image size in px of an LDM config: the UNet's latent size times the VAE's downscale."""
+    params = original["model"]["params"]
+    levels = len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
+    if 2 ** (levels - 1) != VAE_SCALE:
+        raise UserError(f"the LDM config's VAE downscales {2 ** (levels - 1)}x; SD 1.x (and generation here) uses {VAE_SCALE}x")
+    return int(params["unet_config"]["params"]["image_size"]) * VAE_SCALE
 
 
 def with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -162,13 +172,14 @@ def hint_embed_channels(control: dict[str, torch.Tensor]) -> tuple[int, ...]:
 def import_official(ckpt: str | Path, out: str | Path, original_config: str | Path | None = None,
                     clip: str = CLIP_DEFAULT) -> ImportReport:
     """Convert `ckpt` and write a DenseFacePipeline folder to `out` (plus `irse50.pth`)."""
-    from denseface.pipeline import DenseFacePipeline
+    from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
     state = load_official_state(ckpt)
     report = ImportReport()
     original = read_original_config(original_config)
 
-    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, state)
+    size = image_size(original)  # diffusers would assume 512 px; the release is 256
+    unet_cfg = {**sfu.create_unet_diffusers_config_from_ldm(original, state), "sample_size": size // VAE_SCALE}
     unet_all = sfu.convert_ldm_unet_checkpoint(state, unet_cfg)
     unet_state, adapter_keys = split_adapter_keys(unet_all)
     unet = UNet2DConditionModel(**unet_cfg)
@@ -176,7 +187,7 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
     report.consumed["unet"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and not _is_adapter(k))
     report.consumed["pc_adapter"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and _is_adapter(k))
 
-    vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, state)
+    vae_cfg = {**sfu.create_vae_diffusers_config_from_ldm(original, state), "sample_size": size}
     vae = AutoencoderKL(**vae_cfg)
     vae.load_state_dict(sfu.convert_ldm_vae_checkpoint(state, vae_cfg), strict=True)
     report.consumed["vae"] = sorted(with_prefix(state, VAE_PREFIX))
@@ -238,15 +249,8 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
     out = Path(out)
     DenseFacePipeline.from_sd(sd, model, id_backend="irse50", id_weights=None).save_pretrained(out)
     if facenet:
-        torch.save(facenet, str(out / IRSE50_FILE))
+        torch.save(facenet, str(out / DENSE_FACE_FOLDER / IRSE50_FILE))
     return report
-
-
-def load_imported_irse50(path: str | Path) -> IRSE50:
-    """The importer's `irse50.pth` (the checkpoint's facenet, official key names), loaded strictly."""
-    net = IRSE50()
-    net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), strict=True)
-    return net.eval()
 
 
 def _is_adapter(ldm_key: str) -> bool:

@@ -106,7 +106,7 @@ class DenseFacePipeline(DiffusionPipeline):
         sd = pipe.sd_components()
         model = DenseFace.from_trained(sd, folder) if folder is not None else _untrained(sd, UNTRAINED_CONFIG)
         model.trainable_modules().to(pipe.unet.device)
-        pipe.set_dense_face(model, id_backend, id_weights)
+        pipe.set_dense_face(model, id_backend, id_weights or bundled_id_weights(folder, model.config))
         return pipe
 
     @classmethod
@@ -179,6 +179,13 @@ class DenseFacePipeline(DiffusionPipeline):
 def _untrained(sd: SDComponents, config) -> DenseFace:
     log.warning("no Dense-Face weights given: G2 runs untrained modules (a pipeline smoke run)")
     return DenseFace.from_sd(sd, config)
+
+
+def bundled_id_weights(folder: Path | None, config) -> str | None:
+    """The identity weights a Dense-Face folder carries (`extra.id_weights`, a file name inside it: the
+    imported release's IR-SE50), or None."""
+    name = config.extra.get("id_weights") if folder is not None else None
+    return str(Path(folder) / name) if name and (Path(folder) / name).is_file() else None
 
 
 def bundled_dense_face(source: str, kwargs: dict[str, Any]) -> Path | None:

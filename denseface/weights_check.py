@@ -60,7 +60,7 @@ def generate_needs(pretrained: str | Path | None, weights: str | Path | None = N
     which also refuses a mismatched ``id_backend``)."""
     from denseface.generate import TINY_CONFIG, UNTRAINED_CONFIG, identity_backend_for
     from denseface.model.dense_face import DenseFace
-    from denseface.pipeline import DENSE_FACE_FOLDER
+    from denseface.pipeline import DENSE_FACE_FOLDER, bundled_id_weights
 
     needed = sd_needs(pretrained) + dense_face_needs(weights)
     folder = Path(weights) if weights is not None else None
@@ -76,7 +76,7 @@ def generate_needs(pretrained: str | Path | None, weights: str | Path | None = N
         config = UNTRAINED_CONFIG
     else:  # a hub pipeline may bundle dense_face/: its identity backend is checked as it loads
         return needed
-    return needed + identity_needs(identity_backend_for(config, id_backend), id_weights)
+    return needed + identity_needs(identity_backend_for(config, id_backend), id_weights or bundled_id_weights(folder, config))
 
 
 def human_size(n: int | None) -> str:

@@ -6,6 +6,7 @@ The import must give back exactly those models' weights (so each key landed in i
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -20,11 +21,10 @@ from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE,
 from denseface.model.irse50 import IRSE50
 from denseface.model.pose_branch import PoseBranch
 from denseface.model.tiny_sd import build_tiny_tokenizer
-from denseface.pipeline import DenseFacePipeline
+from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
 N = 1  # num_res_blocks
 HINT = (8, 16, 16, 32)
-TINY_IRSE50 = dict(units=(1, 1, 1, 1), widths=(16, 16, 16, 16))
 ORIGINAL = {"model": {"params": {
     "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "scale_factor": 0.18215,
     "unet_config": {"params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32,
@@ -37,7 +37,7 @@ ORIGINAL = {"model": {"params": {
                                         "context_dim": 32, "legacy": False}},
     "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": {
         "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
-        "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}},
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}},
 }}}
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -158,7 +158,7 @@ def release_checkpoint(tmp_path):
     bn.running_var.uniform_(0.5, 2.0)
     state.update({f"embedding_manager.projector_norm.{k}": v for k, v in bn.state_dict().items()})
     state["embedding_manager.string_to_param_dict.*"] = torch.randn(1, 32)
-    facenet = IRSE50(**TINY_IRSE50)
+    facenet = IRSE50()  # full size: generation's identity stage loads the real architecture
     state.update({f"id_loss_func.facenet.{k}": v for k, v in facenet.state_dict().items()})
     for name in ("betas", "alphas_cumprod", "posterior_variance"):
         state[name] = torch.rand(1000)
@@ -228,8 +228,8 @@ def test_adapters_and_identity_land_in_place(imported):
 
 def test_irse50_loads_strictly_from_the_checkpoint_keys(imported):
     made, _, out = imported
-    net = IRSE50(**TINY_IRSE50)
-    net.load_state_dict(torch.load(out / IRSE50_FILE, weights_only=True), strict=True)
+    net = IRSE50()
+    net.load_state_dict(torch.load(out / DENSE_FACE_FOLDER / IRSE50_FILE, weights_only=True), strict=True)
     same_state(net.state_dict(), made["facenet"].state_dict())
 
 
@@ -252,3 +252,15 @@ def test_cli_import_and_missing_file(imported, tmp_path, capsys):
     assert main(["import-official", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p")]) != 0
     assert capsys.readouterr().err.splitlines() == [
         f"error: checkpoint not found: {tmp_path / 'none.ckpt'} (the released Dense-Face .ckpt or a .safetensors of it)"]
+
+
+def test_generate_runs_the_imported_folder_with_no_other_flag(imported, tmp_path):
+    from denseface.etl.sample_data import sample_photo
+
+    _, _, folder = imported
+    out = tmp_path / "out.png"
+    assert main(["generate", "--pretrained", str(folder), "--prompt", "a photo of a person",
+                 "--reference", str(sample_photo("obama")), "--out", str(out)]) == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert (info["steps"], info["guidance"], info["id_backend"]) == (50, 4.0, "irse50")  # the release's sampler
+    assert info["image_size"] == [64, 64]  # the tiny model's native size (sample size 8 x VAE scale 8)
