@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
-from transformers import CLIPTextConfig, CLIPTextModel
+from safetensors.torch import load_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from denseface.cli import main
 from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE, import_official
@@ -264,3 +266,39 @@ def test_generate_runs_the_imported_folder_with_no_other_flag(imported, tmp_path
     info = json.loads(out.with_suffix(".json").read_text())
     assert (info["steps"], info["guidance"], info["id_backend"]) == (50, 4.0, "irse50")  # the release's sampler
     assert info["image_size"] == [64, 64]  # the tiny model's native size (sample size 8 x VAE scale 8)
+
+
+def test_g1_image_equals_diffusers_from_single_file(imported, monkeypatch):
+    """diffusers' own loader of the same file (offline: the LDM YAML written here; its text encoder and
+    tokenizer given, as diffusers would fetch CLIP's config) makes the same G1 image, same seed and DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from denseface.generate import DenseFaceGenerator
+
+    made, _, folder = imported
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = DenseFaceGenerator.load(str(folder), device="cpu").text_to_image(
+        "a photo of a person", steps=10, guidance=4.0, seed=3, output="float")
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(made["ckpt"]), original_config=str(made["original"]), local_files_only=True, safety_checker=None,
+        text_encoder=made["text"], tokenizer=CLIPTokenizer.from_pretrained(made["clip"]))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.unet.requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe("a photo of a person", num_inference_steps=10, guidance_scale=4.0, height=64, width=64,
+                 generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    assert ours.shape == plain.shape == (64, 64, 3)
+    assert np.array_equal(ours, plain)
+
+
+def test_safetensors_input_imports_the_same(imported, tmp_path):
+    from safetensors.torch import save_file
+
+    made, report, folder = imported
+    path = tmp_path / "dense_face.safetensors"
+    save_file({k: v.contiguous() for k, v in made["state"].items()}, str(path))
+    again = import_official(path, tmp_path / "out", made["original"], str(made["clip"]))
+    assert again.consumed == report.consumed and again.dropped == report.dropped
+    a, b = (load_file(str(f / DENSE_FACE_FOLDER / "dense_face.safetensors")) for f in (folder, tmp_path / "out"))
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("dense_heads."))  # heads: random, not in the file
