@@ -341,16 +341,18 @@ def latent_blending(
     latent_mask: torch.Tensor,
     timesteps: Sequence[torch.Tensor] | torch.Tensor,
     generator: torch.Generator | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """Fig. 7. ``denoise(z, t) -> eps`` (CFG included), ``scheduler`` a DDIM scheduler whose
-    ``set_timesteps`` gave ``timesteps`` (descending), ``latent_mask`` (1, 1, h, w) bool.
+    ``set_timesteps`` gave ``timesteps`` (descending), ``latent_mask`` (1, 1, h, w) bool; ``eta`` DDIM's
+    (0 deterministic; the release samples with 1).
     Returns z^0; outside the mask it equals ``z_bg_init`` exactly."""
     m = latent_mask.to(device=z_bg_init.device, dtype=torch.bool)
     ts = [int(t) for t in timesteps]
     z = _noise_to(scheduler, z_bg_init, ts[0], generator)  # t == k: z <- noise(z_bg_init, k)
     for i, t in enumerate(ts):
         eps = denoise(scheduler.scale_model_input(z, t), torch.tensor(t, device=z.device))
-        z_fg = scheduler.step(eps, t, z, eta=0.0, return_dict=False)[0]
+        z_fg = scheduler.step(eps, t, z, eta=eta, generator=generator, return_dict=False)[0]
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1  # the timestep z_fg now sits at
         z_bg = _noise_to(scheduler, z_bg_init, t_prev, generator)
         z = torch.where(m, z_fg, z_bg)  # = z_fg * m + z_bg * (1 - m) for the binary m
@@ -405,6 +407,7 @@ class DenseFaceGenerator:
         self.build = build or BuildConfig(runner="local", workers=1)
         self.id_backend = identity_backend_for(model.config, id_backend)
         self.id_weights = id_weights
+        self.eta = float(model.config.extra.get("sampler", {}).get("eta", 0.0))  # DDIM's; an imported release: 1
         self.analyzer = FaceAnalyzer(self.build)
         self._id_encoder: IdentityEncoder | None = None
         self.vae_scale = 2 ** (len(sd.vae.config.block_out_channels) - 1)
@@ -486,7 +489,8 @@ class DenseFaceGenerator:
                       generator: torch.Generator | None = None, height: int | None = None,
                       width: int | None = None, output: str = "uint8") -> np.ndarray:
         """G1: the base image (H, W, 3), uint8 or (``output="float"``) float32 in [0, 1];
-        StableDiffusionPipeline's loop (DDIM, eta 0, CFG with ``negative_prompt``)."""
+        StableDiffusionPipeline's loop (DDIM with the model's eta, 0 unless it records one; CFG with
+        ``negative_prompt``)."""
         height, width = height or self.native_size, width or self.native_size
         if height % self.vae_scale or width % self.vae_scale:
             raise ValueError(f"image size must be a multiple of {self.vae_scale}, got {width}x{height}")
@@ -507,7 +511,7 @@ class DenseFaceGenerator:
             if cfg:
                 e_u, e_c = eps.chunk(2)
                 eps = e_u + guidance * (e_c - e_u)
-            latents = sched.step(eps, t, latents, eta=0.0, generator=generator, return_dict=False)[0]
+            latents = sched.step(eps, t, latents, eta=self.eta, generator=generator, return_dict=False)[0]
         image = self.decode(latents)[0]
         return image if output == "float" else self.to_uint8(image)
 
@@ -549,7 +553,7 @@ class DenseFaceGenerator:
         sched = self.scheduler()
         sched.set_timesteps(steps, device=self.device)
         start = min(steps - 1, int(round(steps * (1.0 - strength))))
-        z0 = latent_blending(denoise, sched, z_bg_init, m, sched.timesteps[start:], generator)
+        z0 = latent_blending(denoise, sched, z_bg_init, m, sched.timesteps[start:], generator, self.eta)
         face = self.to_uint8(self.decode(z0)[0])
         return face, z0, z_bg_init, lmask
 
