@@ -55,14 +55,14 @@ def axis_endpoints(yaw: float, pitch: float, roll: float, center: tuple[float, f
 
 def draw_pose_axes(yaw: float, pitch: float, roll: float, size: int = 512,
                    canvas: np.ndarray | None = None, center: tuple[float, float] | None = None,
-                   length: float | None = None) -> np.ndarray:
+                   length: float | None = None, thickness: int | None = None) -> np.ndarray:
     """RGB uint8 head-pose image: X red, Y green, Z blue (see the module docstring).
 
     ``canvas`` None: a white ``size`` x ``size`` image; otherwise an (H, W, 3) RGB uint8
     image that is copied and drawn on (``size`` is then ignored). ``center`` defaults to the
     middle of the image, ``length`` (X and Y; Z is twice as long, as in the reference) to a
     quarter of the image's shorter side, so every axis stays inside the frame. The line
-    thickness scales with the image: 4 px at 512.
+    thickness (default) scales with the image: 4 px at 512.
     """
     for name, v in (("yaw", yaw), ("pitch", pitch), ("roll", roll)):
         if v is None or not math.isfinite(float(v)):
@@ -82,7 +82,8 @@ def draw_pose_axes(yaw: float, pitch: float, roll: float, size: int = 512,
         center = (w / 2.0, h / 2.0)
     if length is None:
         length = side / 4.0
-    thickness = max(1, int(round(side / 128.0)))
+    if thickness is None:
+        thickness = max(1, int(round(side / 128.0)))
     tips = axis_endpoints(float(yaw), float(pitch), float(roll), center, float(length))
     shift = 4  # sub-pixel precision for cv2 (coordinates * 16)
     scale = 1 << shift

@@ -117,11 +117,17 @@ class FaceRegion:
     def size(self) -> int:
         return int(self.crop.shape[0])
 
-    def pose_image(self) -> np.ndarray:
-        """The pose branch's condition, as the trainer draws it: (S, S, 3) RGB uint8."""
+    def pose_image(self, geometry: dict | None = None) -> np.ndarray:
+        """The pose branch's condition, as the trainer draws it: (S, S, 3) RGB uint8. ``geometry``: a
+        model's own drawing (an imported release: axis length 100 and 4 px lines on a 256 canvas),
+        scaled to S; None: the trainer's."""
         from denseface.annotators.pose_image import draw_pose_axes
 
-        return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size)
+        if not geometry:
+            return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size)
+        scale = self.size / geometry["canvas"]
+        return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size, length=geometry["axis_length"] * scale,
+                              thickness=max(1, round(geometry["line_width"] * scale)))
 
 
 def square_quad(cx: float, cy: float, side: float) -> np.ndarray:
@@ -536,7 +542,8 @@ class DenseFaceGenerator:
         h, w = z_bg_init.shape[-2:]
         lmask = latent_mask_from(region.mask, (h, w))
         m = torch.from_numpy(lmask)[None, None].to(self.device)
-        pose = torch.from_numpy(region.pose_image()).permute(2, 0, 1)[None].float().div(255.0)
+        drawn = region.pose_image(self.model.config.extra.get("pose_image"))
+        pose = torch.from_numpy(drawn).permute(2, 0, 1)[None].float().div(255.0)
         pose = pose.to(self.device, self.sd.unet.dtype)
         text = torch.cat([uncond, cond]) if cfg else cond
         n = 2 if cfg else 1

@@ -41,7 +41,8 @@ IRSE50_FILE = "irse50.pth"
 VAE_SCALE = 8
 CLIP_DEFAULT = "openai/clip-vit-large-patch14"  # SD 1.x text encoder and tokenizer (config + vocabulary only)
 RELEASE_SAMPLER = {"steps": 50, "eta": 1.0, "guidance": 4.0, "size": 256}
-RELEASE_POSE_IMAGE = {"canvas": 256, "background": "white", "axis_length": 100, "z_axis_factor": 2, "line_width": 4}
+# X/Y axes 100 px, 4 px lines on a 256 canvas (white, Z twice as long: draw_pose_axes' own conventions)
+RELEASE_POSE_IMAGE = {"canvas": 256, "axis_length": 100, "line_width": 4}
 
 # The release's LDM configuration (SD 1.x v1-inference at 256 px + the attention-free control stage).
 RELEASE_ORIGINAL_CONFIG = {"model": {"params": {
@@ -104,7 +105,8 @@ def image_size(original: dict) -> int:
     params = original["model"]["params"]
     levels = len(params["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     if 2 ** (levels - 1) != VAE_SCALE:
-        raise UserError(f"the LDM config's VAE downscales {2 ** (levels - 1)}x; SD 1.x (and generation here) uses {VAE_SCALE}x")
+        raise UserError(f"the LDM config's VAE downscales {2 ** (levels - 1)}x; SD 1.x (and generation here) "
+                        f"uses {VAE_SCALE}x")
     return int(params["unet_config"]["params"]["image_size"]) * VAE_SCALE
 
 

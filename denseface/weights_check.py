@@ -76,7 +76,8 @@ def generate_needs(pretrained: str | Path | None, weights: str | Path | None = N
         config = UNTRAINED_CONFIG
     else:  # a hub pipeline may bundle dense_face/: its identity backend is checked as it loads
         return needed
-    return needed + identity_needs(identity_backend_for(config, id_backend), id_weights or bundled_id_weights(folder, config))
+    backend = identity_backend_for(config, id_backend)
+    return needed + identity_needs(backend, id_weights or bundled_id_weights(folder, config))
 
 
 def human_size(n: int | None) -> str:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from denseface.cli import main
-from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE, import_official
+from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE, RELEASE_POSE_IMAGE, import_official
 from denseface.model.irse50 import IRSE50
 from denseface.model.pose_branch import PoseBranch
 from denseface.model.tiny_sd import build_tiny_tokenizer
@@ -95,7 +95,8 @@ def ldm_vae(state: dict, levels: int) -> dict:
         k = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
         k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", k)
         k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
-        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.",
+                   lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.", k)
         k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
                    lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.", k)
         k = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", k)
@@ -252,8 +253,9 @@ def test_cli_import_and_missing_file(imported, tmp_path, capsys):
     assert (tmp_path / "o" / "dense_face" / "dense_face.json").is_file()
     capsys.readouterr()
     assert main(["import-official", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p")]) != 0
+    missing = tmp_path / "none.ckpt"
     assert capsys.readouterr().err.splitlines() == [
-        f"error: checkpoint not found: {tmp_path / 'none.ckpt'} (the released Dense-Face .ckpt or a .safetensors of it)"]
+        f"error: checkpoint not found: {missing} (the released Dense-Face .ckpt or a .safetensors of it)"]
 
 
 def test_generate_runs_the_imported_folder_with_no_other_flag(imported, tmp_path):
@@ -303,3 +305,15 @@ def test_safetensors_input_imports_the_same(imported, tmp_path):
     a, b = (load_file(str(f / DENSE_FACE_FOLDER / "dense_face.safetensors")) for f in (folder, tmp_path / "out"))
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("dense_heads."))  # heads: random, not in the file
+
+
+def test_release_pose_image_geometry_scales_with_the_crop():
+    from denseface.annotators.pose_image import draw_pose_axes
+    from denseface.generate import FaceRegion
+
+    crop = np.zeros((128, 128, 3), np.uint8)
+    region = FaceRegion(source="box", quad=np.zeros((4, 2)), matrix=np.eye(2, 3), crop=crop,
+                        mask=np.ones((128, 128), bool), yaw=20.0, pitch=-10.0, roll=5.0)
+    release = region.pose_image(RELEASE_POSE_IMAGE)
+    assert np.array_equal(release, draw_pose_axes(20.0, -10.0, 5.0, size=128, length=50.0, thickness=2))
+    assert (release != 255).any(-1).sum() > (region.pose_image() != 255).any(-1).sum()  # longer, thicker axes
