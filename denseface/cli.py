@@ -245,8 +245,8 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("ckpt", type=Path, help="released checkpoint (LDM/ControlNet layout)")
     o.add_argument("--out", type=Path, required=True, help="folder to write")
     o.add_argument("--original-config", type=Path, help="LDM YAML of the checkpoint (default: the release's)")
-    o.add_argument("--clip", default="openai/clip-vit-large-patch14",
-                   help="text-encoder config and tokenizer (hub id or folder; default the SD 1.x one)")
+    o.add_argument("--clip", help="text-encoder config and tokenizer: hub id or folder (default: SD 1.x's, "
+                   "openai/clip-vit-large-patch14)")
     o.set_defaults(func=_import_official)
 
     from denseface.train.cli import add_train_parser

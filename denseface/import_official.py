@@ -24,6 +24,7 @@ from denseface.errors import UserError
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.irse50 import FACENET_PREFIX
 from denseface.model.tiny_sd import SDComponents
+from denseface.model_refs import require, resolve_pretrained
 
 UNET_PREFIX = "model.diffusion_model."
 CONTROL_PREFIX = "control_model."
@@ -114,15 +115,17 @@ def with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.
     return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def is_adapter_key(key: str) -> bool:
+    """`...attnN.per_q.weight` and the like, in LDM or diffusers naming."""
+    parts = key.split(".")
+    return len(parts) >= 3 and parts[-2] in ADAPTER_NAMES
+
+
 def split_adapter_keys(unet_state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     """(plain UNet keys, PC-adapter keys) of a converted (diffusers-named) UNet state dict."""
     plain, adapter = {}, {}
     for key, value in unet_state.items():
-        parts = key.split(".")
-        if len(parts) >= 3 and parts[-2] in ADAPTER_NAMES:
-            adapter[key] = value
-        else:
-            plain[key] = value
+        (adapter if is_adapter_key(key) else plain)[key] = value
     return plain, adapter
 
 
@@ -133,7 +136,10 @@ def adapter_state(adapter_keys: dict[str, torch.Tensor], has_projection) -> tupl
     for key, value in adapter_keys.items():
         layer, name, leaf = key.rsplit(".", 2)
         ours = f"pc_adapter.{layer.replace('.', '_')}.{ADAPTER_NAMES[name]}.{leaf}"
-        (mapped.__setitem__(ours, value) if has_projection(ours) else dropped.append(key))
+        if has_projection(ours):
+            mapped[ours] = value
+        else:
+            dropped.append(key)
     return mapped, dropped
 
 
@@ -172,10 +178,14 @@ def hint_embed_channels(control: dict[str, torch.Tensor]) -> tuple[int, ...]:
 
 
 def import_official(ckpt: str | Path, out: str | Path, original_config: str | Path | None = None,
-                    clip: str = CLIP_DEFAULT) -> ImportReport:
-    """Convert `ckpt` and write a DenseFacePipeline folder to `out` (plus `irse50.pth`)."""
+                    clip: str | None = None) -> ImportReport:
+    """Convert `ckpt` and write a DenseFacePipeline folder to `out` (plus `irse50.pth`); `clip`: the text
+    encoder's config and tokenizer (hub id or folder; None: SD 1.x's)."""
     from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
+    text_ref = resolve_pretrained(clip or CLIP_DEFAULT, "CLIP text encoder config and tokenizer")
+    require([text_ref])  # before the checkpoint is read
+    clip_source, clip_kw = text_ref.pretrained_args()
     state = load_official_state(ckpt)
     report = ImportReport()
     original = read_original_config(original_config)
@@ -186,8 +196,8 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
     unet_state, adapter_keys = split_adapter_keys(unet_all)
     unet = UNet2DConditionModel(**unet_cfg)
     unet.load_state_dict(unet_state, strict=True)
-    report.consumed["unet"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and not _is_adapter(k))
-    report.consumed["pc_adapter"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and _is_adapter(k))
+    report.consumed["unet"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and not is_adapter_key(k))
+    report.consumed["pc_adapter"] = sorted(k for k in state if k.startswith(UNET_PREFIX) and is_adapter_key(k))
 
     vae_cfg = {**sfu.create_vae_diffusers_config_from_ldm(original, state), "sample_size": size}
     vae = AutoencoderKL(**vae_cfg)
@@ -196,12 +206,13 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
 
     text_state = sfu.convert_ldm_clip_checkpoint(with_prefix(state, CLIP_PREFIX))
     text_state.pop("text_model.embeddings.position_ids", None)
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(clip))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(clip_source, **clip_kw))
     text_encoder.load_state_dict(text_state, strict=False)
     missing = set(text_encoder.state_dict()) - set(text_state) - {"text_model.embeddings.position_ids"}
     if missing:
-        raise UserError(f"the checkpoint's text encoder lacks {len(missing)} keys of {clip}, e.g. {sorted(missing)[0]}")
-    tokenizer = CLIPTokenizer.from_pretrained(clip)
+        raise UserError(f"the checkpoint's text encoder lacks {len(missing)} keys of {text_ref.ref}, "
+                        f"e.g. {sorted(missing)[0]}")
+    tokenizer = CLIPTokenizer.from_pretrained(clip_source, **clip_kw)
     report.consumed["text_encoder"] = sorted(k for k in with_prefix(state, CLIP_PREFIX) if k not in DROPPED_EXACT)
 
     scheduler = DDIMScheduler(beta_start=original["model"]["params"]["linear_start"],
@@ -253,9 +264,3 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
     if facenet:
         torch.save(facenet, str(out / DENSE_FACE_FOLDER / IRSE50_FILE))
     return report
-
-
-def _is_adapter(ldm_key: str) -> bool:
-    parts = ldm_key.split(".")
-    return len(parts) >= 3 and parts[-2] in ADAPTER_NAMES
-

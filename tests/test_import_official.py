@@ -252,7 +252,8 @@ def test_cli_import_and_missing_file(imported, tmp_path, capsys):
                  str(made["original"]), "--clip", str(made["clip"])]) == 0
     assert (tmp_path / "o" / "dense_face" / "dense_face.json").is_file()
     capsys.readouterr()
-    assert main(["import-official", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p")]) != 0
+    assert main(["import-official", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "p"),
+                 "--clip", str(made["clip"])]) != 0
     missing = tmp_path / "none.ckpt"
     assert capsys.readouterr().err.splitlines() == [
         f"error: checkpoint not found: {missing} (the released Dense-Face .ckpt or a .safetensors of it)"]
@@ -317,3 +318,11 @@ def test_release_pose_image_geometry_scales_with_the_crop():
     release = region.pose_image(RELEASE_POSE_IMAGE)
     assert np.array_equal(release, draw_pose_axes(20.0, -10.0, 5.0, size=128, length=50.0, thickness=2))
     assert (release != 255).any(-1).sum() > (region.pose_image() != 255).any(-1).sum()  # longer, thicker axes
+
+
+def test_offline_missing_clip_is_one_line_before_reading_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert main(["import-official", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "openai/clip-vit-large-patch14" in err[0] and "hf download" in err[0]
