@@ -71,11 +71,13 @@ def encode_npy(arr: np.ndarray) -> bytes:
 # Why not plain np.load: numpy parses every .npy header with ast.literal_eval, and CPython
 # 3.11's ast is not thread-safe (python/cpython#106905: "AST constructor recursion depth
 # mismatch" when the interpreter switches threads mid-parse). The trainer's identity index
-# and other thread pools decode id.npy / lmk.npy members, so the headers np.save writes for
-# plain C-order arrays are parsed here without ast; anything else goes to np.load under a lock.
+# and other thread pools decode id.npy / lmk.npy members and the sidecars' byte-string keys, so
+# the headers np.save writes for plain C-order numeric and string arrays are parsed here without
+# ast; anything else goes to np.load under a lock.
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_HEADER = re.compile(
-    r"\{'descr': '([<>|=]?[biuf]\d{1,2})', 'fortran_order': False, 'shape': \(((?:\d+, ?)*\d*)\), *\} *\n?$")
+    r"\{'descr': '([<>|=]?(?:[biuf]\d{1,2}|[SU]\d{1,6}))', 'fortran_order': False, "
+    r"'shape': \(((?:\d+, ?)*\d*)\), *\} *\n?$")
 _NP_LOAD_LOCK = threading.Lock()
 
 

@@ -89,10 +89,12 @@ def test_members_the_schema_writes_take_the_ast_free_path():
 
 
 @pytest.mark.parametrize("arr", [np.arange(6, dtype=np.int32).reshape(2, 3), np.float32(2.5),
-                                 np.zeros((0, 3), np.float16), np.ones((3, 2), ">f4")])
+                                 np.zeros((0, 3), np.float16), np.ones((3, 2), ">f4"),
+                                 np.array([b"key-1", b"k2"]), np.array(["anna", "\u00e9"])])
 def test_decode_npy_equals_np_load(arr):
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
+    assert _parse_npy_header(buf.getvalue()) is not None  # the ast-free path, not the locked fallback
     got = decode_npy(buf.getvalue())
     assert got.dtype == arr.dtype and got.shape == arr.shape and np.array_equal(got, arr)
     assert got.flags.writeable
