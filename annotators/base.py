@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from denseface.config import BuildConfig, StageConfig
+from denseface.geometry.raster import zbuffer
 from denseface.model_refs import Resolved
 from denseface.shards.schema import Status
 
@@ -124,3 +125,12 @@ class Stage:
         except Exception as exc:  # noqa: BLE001 - one input must not stop the run
             item.fail(Status.ERROR, f"{self.name}: {type(exc).__name__}: {exc}")
         item.timings[self.name] = (time.perf_counter() - start) * 1000.0
+
+
+def item_zbuffer(item: Item, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`zbuffer` of an item's landmarks, computed once for both the depth and the pseudo-mask
+    stage (kept in ``item.scratch``, which is never written out)."""
+    zb = item.scratch.get("zbuffer")
+    if zb is None or zb[0].shape != (size, size):
+        zb = item.scratch["zbuffer"] = zbuffer(item.arrays["lmk"], size)
+    return zb

@@ -9,13 +9,11 @@ run the VAE on every step.
   (fp16 VAE encoders can overflow).
 
 ``latent_vae`` (json and manifest) names the VAE that made the latent: a fingerprint of its
-config and weights (`vae_fingerprint`). The trainer uses a cached latent only when it equals
+config and weights (`model.tiny_sd.vae_fingerprint`). The trainer uses a cached latent only when it equals
 its own VAE's, so a dataset encoded with another VAE silently costing quality cannot happen.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +26,6 @@ from denseface.model_refs import Resolved, require, resolve_pretrained
 BACKENDS = ("none", "vae")
 HOW_TO_GET_VAE = ("Set stages.latent.weights to the Stable Diffusion model the trainer uses: a hub id "
                   "(e.g. stabilityai/stable-diffusion-2-1-base) or its diffusers folder (with vae/).")
-
-
-def vae_fingerprint(vae) -> str:
-    """sha1 (16 hex) of the VAE's config and every parameter's bytes, in fp32."""
-    import torch
-
-    h = hashlib.sha1(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}, sort_keys=True,
-                                default=str).encode())
-    with torch.no_grad():
-        for name, t in sorted(vae.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def vae_source(resolved: Resolved) -> tuple[str, str | None]:
@@ -86,6 +71,8 @@ class Latent(Stage):
     def setup(self) -> None:
         if self.backend == "vae":
             from diffusers import AutoencoderKL
+
+            from denseface.model.tiny_sd import vae_fingerprint
 
             (resolved,) = self.weights()
             source, sub = vae_source(resolved)

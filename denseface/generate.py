@@ -63,7 +63,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from denseface.annotators.base import Item, Reject
 from denseface.annotators.decode import decode_image
-from denseface.annotators.detect_align import FaceDetector, choose_face, crop_transform, ffhq_quad, warp_face
+from denseface.annotators.detect_align import FaceDetector, choose_face
+from denseface.geometry.align import crop_transform, ffhq_quad, warp_face
 from denseface.config import BuildConfig, StageConfig
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import SDComponents
@@ -121,7 +122,7 @@ class FaceRegion:
         """The pose branch's condition, as the trainer draws it: (S, S, 3) RGB uint8. ``geometry``: a
         model's own drawing (an imported release: axis length 100 and 4 px lines on a 256 canvas),
         scaled to S; None: the trainer's."""
-        from denseface.annotators.pose_image import draw_pose_axes
+        from denseface.geometry.pose_image import draw_pose_axes
 
         if not geometry:
             return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size)
@@ -149,7 +150,7 @@ def _disk(radius: int) -> np.ndarray:
 
 def face_mask_from_landmarks(landmarks: np.ndarray, size: int, dilate: float = MASK_DILATE) -> np.ndarray:
     """Mesh silhouette at ``size``, dilated by ``dilate`` x size pixels: (size, size) bool."""
-    from denseface.annotators.mesh_topology import silhouette
+    from denseface.geometry.raster import silhouette
 
     mask = silhouette(landmarks, size).astype(np.uint8)
     r = int(round(dilate * size))
@@ -216,7 +217,7 @@ class FaceAnalyzer:
                 notes.append(f"face mesh found no face in the {source} face region: neutral pose (0, 0, 0) "
                              f"and the default elliptical mask")
         if landmarks is not None:
-            from denseface.annotators.head_pose import pose_from_landmarks
+            from denseface.geometry.pose import pose_from_landmarks
 
             yaw, pitch, roll = pose_from_landmarks(landmarks, ANALYSIS_SIZE)
             mask = face_mask_from_landmarks(landmarks, size, mask_dilate)

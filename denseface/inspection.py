@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from denseface.annotators.pseudo_mask import colorize
+from denseface.geometry.mask import colorize
 from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, Status, decode_members, is_timing_column
 
 PANEL = 192  # px, each square panel of a contact-sheet row
@@ -242,7 +242,7 @@ def sample_caption(meta: dict[str, Any], row: pd.Series | dict | None = None) ->
 
 def _row_panels(sample: dict[str, Any], row: pd.Series) -> tuple[np.ndarray, list[tuple[int, int, str, tuple]]]:
     """One contact-sheet row (PANEL x SHEET_WIDTH RGB) and the text to draw on it."""
-    from denseface.annotators.pose_image import draw_pose_axes
+    from denseface.geometry.pose_image import draw_pose_axes
 
     P = PANEL
     strip = np.full((P, SHEET_WIDTH, 3), 255, np.uint8)

@@ -8,7 +8,7 @@ torchvision but with the SAME parameter names (``conv1``, ``bn1``, ``layer1..4``
 ``fc_finetune``), so the published ``hopenet_robust_alpha1.pkl`` state dict loads as is.
 
 Angles come out in Hopenet's native convention, which is the project's
-(`denseface.annotators.head_pose`): yaw > 0 = face turned towards the image's left,
+(`denseface.geometry.pose`): yaw > 0 = face turned towards the image's left,
 pitch > 0 = looking up, roll > 0 = clockwise in the image. No sign is flipped.
 """
 from __future__ import annotations

@@ -7,6 +7,8 @@ training loads SD 2.1 from a local diffusers-layout folder or a hub id with the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,3 +258,15 @@ def encode_prompt(components: SDComponents, prompts: list[str]) -> torch.Tensor:
     """Text embedding c (B, 77, k) the way StableDiffusionPipeline makes it (last hidden state)."""
     te = components.text_encoder
     return te(token_ids(components.tokenizer, prompts).to(te.device))[0]
+
+
+def vae_fingerprint(vae) -> str:
+    """sha1 (16 hex) of the VAE's config and every parameter's bytes, in fp32: the identity a cached
+    ``latent.npy`` records, so the trainer uses it only with the VAE that made it."""
+    h = hashlib.sha1(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}, sort_keys=True,
+                                default=str).encode())
+    with torch.no_grad():
+        for name, t in sorted(vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""Depth raster (annotators/depth.py) and the mesh topology it shares with the pseudo mask."""
+"""Depth raster (geometry/raster.py, annotators/depth.py) and the mesh topology it shares with the pseudo mask."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
 
-from denseface.annotators import mesh_topology as mt
-from denseface.annotators.depth import DEPTH_FLOOR, render_depth
+from denseface.geometry import mesh as mt
+from denseface.geometry.raster import DEPTH_FLOOR, render_depth, silhouette
 from denseface.shards.schema import decode_depth, encode_depth
 
 
@@ -45,7 +45,7 @@ def test_depth_range_and_background(aligned_face):
 
 def test_silhouette_has_no_holes(aligned_face):
     face = render_depth(aligned_face[1]) > 0
-    assert np.array_equal(face, mt.silhouette(aligned_face[1]))
+    assert np.array_equal(face, silhouette(aligned_face[1]))
     bg = (~face).astype(np.uint8)
     cv2.floodFill(bg, None, (0, 0), 0)  # the background is one region reached from the corner
     assert bg.sum() == 0
@@ -124,7 +124,8 @@ def test_degenerate_inputs():
 def test_depth_and_mask_stages_share_one_zbuffer(aligned_face):
     from denseface.annotators.base import Item
     from denseface.annotators.depth import Depth
-    from denseface.annotators.pseudo_mask import PseudoMask, render_pseudo_mask
+    from denseface.annotators.pseudo_mask import PseudoMask
+    from denseface.geometry.mask import render_pseudo_mask
     from denseface.config import BuildConfig
 
     crop, lm = aligned_face

@@ -1,15 +1,16 @@
-"""Head pose from landmarks (annotators/head_pose.py): conventions, PnP accuracy, real photos."""
+"""Head pose from landmarks (geometry/pose.py, annotators/head_pose.py): conventions, PnP accuracy, real photos."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from denseface.annotators import mesh_topology as mt
+from denseface.geometry import mesh as mt
 from denseface.annotators.base import Item
-from denseface.annotators.detect_align import DetectAlign, loose_view
-from denseface.annotators.head_pose import (
-    HeadPose,
+from denseface.annotators.detect_align import DetectAlign
+from denseface.annotators.head_pose import HeadPose
+from denseface.geometry.align import loose_view
+from denseface.geometry.pose import (
     camera_matrix,
     crop_frame_pose,
     crop_rotation,

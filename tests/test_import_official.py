@@ -309,7 +309,7 @@ def test_safetensors_input_imports_the_same(imported, tmp_path):
 
 
 def test_release_pose_image_geometry_scales_with_the_crop():
-    from denseface.annotators.pose_image import draw_pose_axes
+    from denseface.geometry.pose_image import draw_pose_axes
     from denseface.generate import FaceRegion
 
     crop = np.zeros((128, 128, 3), np.uint8)

@@ -35,9 +35,9 @@ def dataset(tmp_path_factory, sample_casia):
 def _depth_mask_pose(lmk: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """The real annotators where they are importable; otherwise simple stand-ins."""
     try:
-        from denseface.annotators.depth import render_depth
-        from denseface.annotators.head_pose import pose_from_landmarks
-        from denseface.annotators.pseudo_mask import render_pseudo_mask
+        from denseface.geometry.raster import render_depth
+        from denseface.geometry.pose import pose_from_landmarks
+        from denseface.geometry.mask import render_pseudo_mask
 
         return render_depth(lmk), render_pseudo_mask(lmk), pose_from_landmarks(lmk)
     except ImportError:

@@ -177,7 +177,8 @@ def test_train_with_a_missing_hub_model_stops_before_work(hub, tmp_path, capsys)
 
 def test_latent_stage_takes_the_sd_hub_id(hub):
     from denseface.annotators.base import Item
-    from denseface.annotators.latent import Latent, vae_fingerprint
+    from denseface.annotators.latent import Latent
+    from denseface.model.tiny_sd import vae_fingerprint
     from denseface.config import BuildConfig, StageConfig
     from denseface.model.tiny_sd import build_tiny_sd
 

@@ -1,10 +1,10 @@
-"""The head-pose condition image (annotators/pose_image.py)."""
+"""The head-pose condition image (geometry/pose_image.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from denseface.annotators.pose_image import axis_endpoints, draw_pose_axes
+from denseface.geometry.pose_image import axis_endpoints, draw_pose_axes
 
 
 def _pixels(img: np.ndarray, color: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Pseudo mask (annotators/pseudo_mask.py): classes where their landmarks are, image left/right."""
+"""Pseudo mask (geometry/mask.py): classes where their landmarks are, image left/right."""
 from __future__ import annotations
 
 import cv2
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from mediapipe.python.solutions import face_mesh_connections as fmc
 
-from denseface.annotators import mesh_topology as mt
-from denseface.annotators import pseudo_mask as pm
-from denseface.annotators.depth import render_depth
+from denseface.geometry import mesh as mt
+from denseface.geometry import mask as pm
+from denseface.geometry.raster import render_depth
 from tests.conftest import face_mesh
 
 

@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from denseface.annotators.latent import vae_fingerprint
+from denseface.model.tiny_sd import vae_fingerprint
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
 from denseface.train import checkpoint as ckpt

@@ -2,7 +2,7 @@
 
 Why: the trainer needs samples holding all members (image, landmarks, depth, mask, head
 pose, captions, identity embedding) before, and independently of, the annotation stages and
-their models. Each sample is a mediapipe-indexed face: `mesh_topology.CANONICAL_FACE` turned
+their models. Each sample is a mediapipe-indexed face: `geometry.mesh.CANONICAL_FACE` turned
 by a random head pose and projected into the 512 crop, with depth and pseudo mask rasterised
 by the real annotators from those landmarks, and an image painted from the mask (so image,
 landmarks, mask and depth agree, and there is something to learn). Identities differ by skin
@@ -28,8 +28,8 @@ SYNTHETIC_VAE = "synthetic"  # the latent_vae of random latents: no real VAE mat
 def synthetic_landmarks(yaw: float, pitch: float, roll: float, scale: float = 0.034,
                         centre: tuple[float, float] = (0.5, 0.52)) -> np.ndarray:
     """(478, 3) float32 landmarks: the canonical face (cm) turned by the pose, orthographic."""
-    from denseface.annotators import mesh_topology as mt
-    from denseface.annotators.head_pose import matrix_from_euler
+    from denseface.geometry import mesh as mt
+    from denseface.geometry.pose import matrix_from_euler
 
     pts = mt.CANONICAL_FACE @ matrix_from_euler(yaw, pitch, roll).T  # camera axes: x right, y down
     lm = np.empty((478, 3), np.float64)
@@ -46,7 +46,7 @@ def synthetic_landmarks(yaw: float, pitch: float, roll: float, scale: float = 0.
 
 def synthetic_image(mask: np.ndarray, depth: np.ndarray, tint: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """RGB uint8 face painted from the mask's colours, shaded by depth, tinted per identity."""
-    from denseface.annotators.pseudo_mask import colorize
+    from denseface.geometry.mask import colorize
 
     img = colorize(mask).astype(np.float32) * (0.6 + 0.4 * depth[..., None])
     img = np.where(mask[..., None] > 0, img * tint, 40.0 + 30.0 * tint)
@@ -56,8 +56,8 @@ def synthetic_image(mask: np.ndarray, depth: np.ndarray, tint: np.ndarray, rng: 
 
 def synthetic_members(key: str, identity: str, id_vec: np.ndarray, tint: np.ndarray,
                       rng: np.random.Generator, latent_size: int | None = None) -> dict[str, bytes]:
-    from denseface.annotators.depth import render_depth
-    from denseface.annotators.pseudo_mask import render_pseudo_mask
+    from denseface.geometry.raster import render_depth
+    from denseface.geometry.mask import render_pseudo_mask
 
     yaw, pitch, roll = rng.uniform(-35, 35), rng.uniform(-15, 15), rng.uniform(-12, 12)
     lmk = synthetic_landmarks(yaw, pitch, roll, scale=rng.uniform(0.03, 0.037),

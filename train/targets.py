@@ -55,7 +55,7 @@ def depth_tensor(depth: np.ndarray, size: int) -> torch.Tensor:
 
 def pose_tensor(yaw: float, pitch: float, roll: float, resolution: int) -> torch.Tensor:
     """The pose branch's condition: axes drawn from the angles, (3, R, R) float in [0, 1]."""
-    from denseface.annotators.pose_image import draw_pose_axes  # lazy: keeps cv2 drawing out of imports
+    from denseface.geometry.pose_image import draw_pose_axes  # lazy: keeps cv2 drawing out of imports
 
     img = draw_pose_axes(float(yaw), float(pitch), float(roll), size=resolution)
     return torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)

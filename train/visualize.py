@@ -27,7 +27,7 @@ def _fit(img: np.ndarray, size: int) -> np.ndarray:
 @torch.no_grad()
 def dense_panel(batch: dict, dense: dict[str, torch.Tensor], heatmaps: torch.Tensor, size: int = 128) -> np.ndarray:
     """(rows * size, 8 * size, 3) uint8 montage (module docstring)."""
-    from denseface.annotators.pseudo_mask import colorize
+    from denseface.geometry.mask import colorize
 
     rows = []
     n = heatmaps.shape[0]

@@ -1,8 +1,8 @@
-"""Face-mesh topology shared by the depth, pseudo-mask and head-pose annotators.
+"""Face-mesh topology: triangles, contours, mirror indexing and the canonical 3-D face.
 
 Why one module: the depth map and the pseudo mask must cover exactly the same pixels (the
 trainer's depth loss and mask loss see the same face) and agree on which surface is in
-front, so both come from `zbuffer` below over one triangle list; head pose needs a 3-D
+front, so both come from `raster.zbuffer` over one triangle list; head pose needs a 3-D
 reference face in the same landmark indexing.
 
 Everything here is derived from what the mediapipe 0.10.x wheel ships
@@ -221,86 +221,6 @@ def as_landmarks(landmarks: np.ndarray) -> np.ndarray:
     if lm.ndim != 2 or lm.shape[0] < N_MESH or lm.shape[1] != 3:
         raise ValueError(f"landmarks must be (478, 3) (at least {N_MESH} x 3), got {lm.shape}")
     return lm
-
-
-def rasterize(landmarks: np.ndarray, size: int = 512,
-              triangles: np.ndarray = FACE_TRIANGLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Covered pixels of a triangle mesh and their interpolated z, as flat arrays.
-
-    Returns ``(pix, z, tri)``: flat indices ``row * size + col`` of every (triangle, pixel)
-    pair whose pixel centre lies inside the triangle, z interpolated linearly (barycentric)
-    from the landmarks' z, and the triangle's index in ``triangles``.
-
-    A vectorised scanline rasteriser: one entry per (triangle, row) gives an exact x span,
-    so no bounding-box candidates are tested (~3 ms for a 512 px face). Edges are inclusive
-    and both triangles of a shared edge evaluate it from the same canonically ordered end
-    points, so the union has no seams; overlapping triangles (a fold of the mesh in a
-    profile view) repeat a pixel, and callers keep the nearest.
-    """
-    p = np.asarray(landmarks, np.float64)
-    v = (p[:, :2] * size - 0.5)[triangles]  # (T, 3, 2); pixel (r, c) has its centre at (c, r)
-    zt = p[triangles, 2]
-    e1, e2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
-    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    ok = np.abs(det) > 1e-9  # degenerate triangles cover nothing
-    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-    dz1, dz2 = zt[:, 1] - zt[:, 0], zt[:, 2] - zt[:, 0]
-    zx = (dz1 * e2[:, 1] - dz2 * e1[:, 1]) * inv  # the triangle's plane z = z0 + zx x + zy y
-    zy = (dz2 * e1[:, 0] - dz1 * e2[:, 0]) * inv
-    z0 = zt[:, 0] - zx * v[:, 0, 0] - zy * v[:, 0, 1]
-    r0 = np.clip(np.ceil(v[..., 1].min(1)), 0, size).astype(np.int64)
-    r1 = np.clip(np.floor(v[..., 1].max(1)), -1, size - 1).astype(np.int64)
-    nrow = np.where(ok, np.maximum(r1 - r0 + 1, 0), 0)
-    t = np.repeat(np.arange(len(triangles)), nrow)  # one entry per (triangle, row)
-    row = np.arange(t.size) - np.repeat(np.cumsum(nrow) - nrow, nrow) + r0[t]
-    ry = row[:, None].astype(np.float64)
-    a, b = v[:, [0, 1, 2]], v[:, [1, 2, 0]]  # the three edges, end points ordered by (y, x)
-    swap = ((a[..., 1] > b[..., 1]) | ((a[..., 1] == b[..., 1]) & (a[..., 0] > b[..., 0])))[..., None]
-    a, b = np.where(swap, b, a)[t], np.where(swap, a, b)[t]
-    dy = b[..., 1] - a[..., 1]
-    hit = (dy > 0) & (a[..., 1] <= ry) & (ry <= b[..., 1])
-    xe = a[..., 0] + (ry - a[..., 1]) * (b[..., 0] - a[..., 0]) / np.where(dy > 0, dy, 1.0)
-    c0 = np.maximum(np.ceil(np.where(hit, xe, np.inf).min(1)), 0)
-    c1 = np.minimum(np.floor(np.where(hit, xe, -np.inf).max(1)), size - 1)
-    ncol = np.maximum(c1 - c0 + 1, 0).astype(np.int64)
-    span = np.repeat(np.arange(t.size), ncol)  # one entry per (triangle, pixel)
-    col = np.arange(span.size) - np.repeat(np.cumsum(ncol) - ncol, ncol) + c0.astype(np.int64)[span]
-    ts = t[span]
-    z = (z0[t] + zy[t] * row)[span] + zx[ts] * col
-    return row[span] * size + col, z, ts
-
-
-def zbuffer(landmarks: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest surface of `FACE_TRIANGLES` per pixel: ``(z, tri)``, both (size, size).
-
-    ``z`` is the smallest interpolated z (``inf`` on the background), ``tri`` the index of
-    the triangle that has it (-1 on the background). Depth and pseudo mask both come from
-    here, so they agree on the face region and on which surface is visible.
-    """
-    pix, z, tri = rasterize(as_landmarks(landmarks), size)
-    zbuf = np.full(size * size, np.inf)
-    np.minimum.at(zbuf, pix, z)
-    front = z <= zbuf[pix]
-    owner = np.full(size * size, -1, np.int32)
-    owner[pix[front]] = tri[front]
-    return zbuf.reshape(size, size), owner.reshape(size, size)
-
-
-def item_zbuffer(item, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`zbuffer` of an ETL item's landmarks, computed once for both the depth and the
-    pseudo-mask stage (kept in ``item.scratch``, which is never written out)."""
-    zb = item.scratch.get("zbuffer")
-    if zb is None or zb[0].shape != (size, size):
-        zb = item.scratch["zbuffer"] = zbuffer(item.arrays["lmk"], size)
-    return zb
-
-
-def silhouette(landmarks: np.ndarray, size: int = 512) -> np.ndarray:
-    """Boolean (size, size) face region: the union of `FACE_TRIANGLES` (mesh + closed holes)."""
-    pix, _, _ = rasterize(as_landmarks(landmarks), size)
-    out = np.zeros(size * size, bool)
-    out[pix] = True
-    return out.reshape(size, size)
 
 
 def triangles_inside(loop: tuple[int, ...], points: np.ndarray = CANONICAL_FACE) -> np.ndarray:

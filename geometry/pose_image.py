@@ -20,7 +20,7 @@ What the picture shows, image coordinates (x right, y down):
 
 * yaw = pitch = roll = 0: X (red) points right, Y (green) points down, Z (blue) towards the
   viewer, so it collapses to a dot at the centre;
-* yaw > 0 (in `denseface.annotators.head_pose`'s convention the face turns towards the
+* yaw > 0 (in `denseface.geometry.pose`'s convention the face turns towards the
   IMAGE's left) moves the blue tip left: ``x = cx + 2L*sin(-yaw)`` < cx; the red axis shortens;
 * pitch > 0 (head up) moves the blue tip up (y < cy);
 * roll > 0 turns the red axis downwards (its tip's y grows) and the green axis to the left.

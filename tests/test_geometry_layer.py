@@ -1,0 +1,28 @@
+"""The geometry package is the bottom layer: it imports nothing else of the project, and the trainer and
+inspection reach face geometry through it, never through the annotation stages."""
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_geometry_imports_no_other_project_module():
+    code = ("import sys, pkgutil, importlib, denseface.geometry as g\n"
+            "for m in pkgutil.iter_modules(g.__path__): importlib.import_module('denseface.geometry.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('denseface')))")
+    loaded = ast.literal_eval(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                             text=True).stdout.strip().splitlines()[-1])
+    assert {"denseface.geometry.mesh", "denseface.geometry.raster", "denseface.geometry.pose"} <= set(loaded)
+    assert [n for n in loaded if n != "denseface" and not n.startswith("denseface.geometry")] == []
+
+
+def test_trainer_and_inspection_do_not_import_annotators():
+    for folder in ("train", "denseface/inspection"):  # a package or one module
+        where = ROOT / folder
+        for path in sorted(where.rglob("*.py")) if where.is_dir() else [where.with_suffix(".py")]:
+            tree = ast.parse(path.read_text())
+            names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+            names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            assert not [n for n in names if n.startswith("denseface.annotators")], path
