@@ -1,9 +1,13 @@
-"""Validated configuration of a dataset build (YAML file and/or CLI flags)."""
+"""Validated configuration (YAML file and/or CLI flags): the build's models, and how a model's fields
+become command-line flags, so each setting is declared once (its default and help text included)."""
 from __future__ import annotations
 
+import argparse
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,6 +72,65 @@ class BuildConfig(BaseModel):
 
     def stage(self, name: str) -> StageConfig:
         return self.stages.get(name) or StageConfig()
+
+
+def flag(default: Any = ..., *, help: str, name: str | None = None, metavar: str | None = None,
+         **field_kwargs: Any) -> Any:
+    """A config field that is also a command-line flag of the commands that read this model
+    (`add_flags`). ``name`` overrides ``--field-name``; a bool field whose default is True becomes
+    ``--no-field-name``. The help text gets the default appended unless it is None or False."""
+    extra = {"flag": name or True, **({"metavar": metavar} if metavar else {})}
+    if "default_factory" in field_kwargs:
+        return Field(description=help, json_schema_extra=extra, **field_kwargs)
+    return Field(default, description=help, json_schema_extra=extra, **field_kwargs)
+
+
+def _flag_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, repeatable) of a field annotation, Optional unwrapped."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else str
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def flag_fields(model: type[BaseModel]) -> dict[str, Any]:
+    """The fields of ``model`` declared with `flag`, by name."""
+    return {n: f for n, f in model.model_fields.items() if isinstance(f.json_schema_extra, dict)
+            and "flag" in f.json_schema_extra}
+
+
+def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per `flag` field of ``model``. Every flag defaults to None (= not given), so a YAML
+    ``--config`` value stays unless the flag is given (`flag_values`, `load_model_config`)."""
+    for name, field in flag_fields(model).items():
+        extra = field.json_schema_extra
+        kind, repeatable = _flag_type(field.annotation)
+        default = None if field.default_factory is not None else field.default
+        opts: dict[str, Any] = {"dest": name, "default": None, "help": field.description}
+        if default not in (None, False, "") and kind is not bool:
+            opts["help"] += f" (default {default})"
+        if kind is bool:
+            opts.update(action="store_const", const=not default)
+            flag_name = extra["flag"] if isinstance(extra["flag"], str) else \
+                "--" + ("no-" if default else "") + name.replace("_", "-")
+        else:
+            flag_name = extra["flag"] if isinstance(extra["flag"], str) else "--" + name.replace("_", "-")
+            if typing.get_origin(kind) is Literal:
+                opts["choices"] = list(typing.get_args(kind))
+            else:
+                opts["type"] = kind
+            if repeatable:
+                opts["action"] = "append"
+            if "metavar" in extra:
+                opts["metavar"] = extra["metavar"]
+        parser.add_argument(flag_name, **opts)
+
+
+def flag_values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The `flag` fields' values from parsed ``args`` (None where not given), for `load_model_config`."""
+    return {name: getattr(args, name, None) for name in flag_fields(model)}
 
 
 def load_model_config(model: type[M], path: Path | None, **overrides: Any) -> M:

@@ -1,5 +1,6 @@
 """The YAML config: validated, and a configured backend without weights fails before any work."""
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,3 +55,33 @@ def test_gpu_stage_gets_its_own_worker_group():
     assert [[s.name for s in g] for g in groups][-1] == ["captions"]
     assert len(groups) == 2
     assert yaml.safe_load(DEFAULT.read_text())["stages"]["identity"]["backend"] == "dlib"
+
+
+def test_flags_come_from_the_model_fields_with_their_help_and_defaults():
+    import argparse
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from denseface.config import add_flags, flag, flag_values, load_model_config
+
+    class Demo(BaseModel):
+        data: list[str] = flag(default_factory=lambda: ["here"], help="where", metavar="PATH")
+        out_dir: Path | None = flag(None, help="run folder", name="--out")
+        steps: int = flag(10, help="optimizer steps", ge=1)
+        precision: Literal["no", "bf16"] = flag("no", help="mixed precision")
+        tensorboard: bool = flag(True, help="write tensorboard logs")
+        cpu: bool = flag(False, help="CPU only")
+        not_a_flag: int = 3
+
+    p = argparse.ArgumentParser()
+    add_flags(p, Demo)
+    help_text = p.format_help()
+    assert "optimizer steps (default 10)" in help_text and "--no-tensorboard" in help_text
+    assert "--not-a-flag" not in help_text and "--out" in help_text and "{no,bf16}" in help_text
+    given = p.parse_args(["--data", "a", "--data", "b", "--steps", "5", "--no-tensorboard", "--out", "/r"])
+    cfg = load_model_config(Demo, None, **flag_values(given, Demo))
+    assert (cfg.data, cfg.out_dir, cfg.steps, cfg.tensorboard, cfg.cpu) == (["a", "b"], Path("/r"), 5, False, False)
+    assert load_model_config(Demo, None, **flag_values(p.parse_args([]), Demo)) == Demo()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--precision", "fp8"])
