@@ -8,23 +8,32 @@ features are added to the frozen UNet's skips.
 Why zero-convolutions by default (`zero_conv=True`, as the released code): they start every
 residual at zero, so an untrained G2 is SD with the identity token. The paper's variant without
 them (`zero_conv=False`) adds the raw copied features, about doubling every skip at step 0.
-`attention=False` is the released code's branch: ResNet down blocks and an attention-free mid
-block (DownBlock2D / UNetMidBlock2D), so it takes no text; its ResNets still start as the UNet's.
+`attention=False` is the released code's branch: ResNet down blocks and a mid block of two ResNets
+without attention (DownBlock2D / UNetMidBlock2D), so it takes no text; its ResNets still start as the UNet's.
 """
 
 from __future__ import annotations
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
 from torch import nn
 
 
 def attention_free_copy(unet: UNet2DConditionModel, **kw) -> ControlNetModel:
-    """ControlNet of `unet`'s shape with DownBlock2D / UNetMidBlock2D; every weight it shares with
-    the UNet (conv_in, time embedding, ResNets, downsamplers, the mid block's first ResNet) copied."""
+    """ControlNet of `unet`'s shape with DownBlock2D and the release's mid block [ResBlock, ResBlock]; every
+    weight it shares with the UNet (conv_in, time embedding, ResNets, downsamplers, both mid ResNets) copied.
+
+    ControlNetModel's own "UNetMidBlock2D" holds one ResNet (num_layers=0), so the mid block is replaced by
+    one with a second ResNet and no attention, as the released ControlNet's middle_block."""
     config = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **kw).config
     net = ControlNetModel.from_config({**config, "down_block_types": ("DownBlock2D",) * len(config.down_block_types),
                                        "mid_block_type": "UNetMidBlock2D"})
+    net.mid_block = UNetMidBlock2D(  # ControlNetModel's arguments, with num_layers=1
+        in_channels=config.block_out_channels[-1], temb_channels=net.time_embedding.linear_2.out_features,
+        num_layers=1, add_attention=False, resnet_eps=config.norm_eps, resnet_act_fn=config.act_fn,
+        output_scale_factor=config.mid_block_scale_factor, resnet_groups=config.norm_num_groups,
+        resnet_time_scale_shift=config.resnet_time_scale_shift)
     source = unet.state_dict()
     copied = {k: source[k] for k in net.state_dict() if k in source and source[k].shape == net.state_dict()[k].shape}
     net.load_state_dict(copied, strict=False)
