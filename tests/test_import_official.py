@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sfu
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from denseface.cli import main
@@ -295,9 +295,52 @@ def test_g1_image_equals_diffusers_from_single_file(imported, monkeypatch):
     assert np.array_equal(ours, plain)
 
 
-def test_safetensors_input_imports_the_same(imported, tmp_path):
-    from safetensors.torch import save_file
+def test_pose_branch_equals_diffusers_controlnet_from_single_file(imported, tmp_path, monkeypatch):
+    """The control part saved as a ControlNet file of its own (control_model.* keys) and loaded by diffusers'
+    `ControlNetModel.from_single_file` equals the imported pose branch (loaded through our pipeline) on every
+    part diffusers can convert: all but the middle block's second ResNet.
 
+    diffusers 0.42 cannot take the release's ControlNet as is: `original_config=` fails (its
+    create_controlnet_diffusers_config_from_ldm calls the UNet config function without the checkpoint), so the
+    config comes as a folder (`config=`: the ControlNet of the YAML's UNet, as diffusers derives it) with the
+    release's attention-free blocks as keyword overrides. Its ControlNetModel's "UNetMidBlock2D" holds one
+    ResNet, and convert_controlnet_checkpoint reads middle_block.1 as attention, so those keys go unused and
+    its mid residual lacks that ResNet; with our mid block put in its place, every output is equal."""
+    made, _, folder = imported
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    control = {k: v for k, v in made["state"].items() if k.startswith("control_model.")}
+    path, config = tmp_path / "control.safetensors", tmp_path / "controlnet"
+    save_file(control, str(path))
+    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(ORIGINAL, control)
+    ControlNetModel.from_unet(UNet2DConditionModel(**unet_cfg), load_weights_from_unet=False,
+                              conditioning_embedding_out_channels=HINT).save_config(str(config))
+    theirs = ControlNetModel.from_single_file(
+        str(path), config=str(config), local_files_only=True,
+        down_block_types=("DownBlock2D",) * len(unet_cfg["down_block_types"]), mid_block_type="UNetMidBlock2D")
+    ours = DenseFacePipeline.from_pretrained(str(folder)).dense_face.pose_branch
+
+    mine, their_state = ours.net.state_dict(), theirs.state_dict()
+    second = {k for k in mine if k.startswith("mid_block.resnets.1.")}
+    assert second and set(mine) - set(their_state) == second and set(their_state) < set(mine)
+    for key, value in their_state.items():
+        assert torch.equal(value, mine[key]), key
+    middle = "control_model.middle_block.1."
+    unused = set(sfu.convert_controlnet_checkpoint(control, theirs.config)) - set(their_state)
+    assert unused == {"mid_block.attentions.0." + k[len(middle):] for k in control if k.startswith(middle)}
+
+    x, t, c, pose = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        down, mid = ours(x, t, c, pose)
+        their_down, their_mid = theirs(x, t, encoder_hidden_states=c, controlnet_cond=pose, return_dict=False)
+        assert len(down) == len(their_down) == len(made["pose"].controlnet_down_blocks)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(down, their_down))
+        assert not torch.allclose(mid, their_mid, atol=1e-3)  # diffusers' mid block: one ResNet
+        theirs.mid_block = ours.net.mid_block
+        assert torch.allclose(mid, theirs(x, t, encoder_hidden_states=c, controlnet_cond=pose, return_dict=False)[1],
+                              atol=1e-5)
+
+
+def test_safetensors_input_imports_the_same(imported, tmp_path):
     made, report, folder = imported
     path = tmp_path / "dense_face.safetensors"
     save_file({k: v.contiguous() for k, v in made["state"].items()}, str(path))
