@@ -46,32 +46,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import fields
 from typing import Any, Sequence
 
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
-from denseface.model_refs import Resolved, require, resolve_pretrained
+from denseface.model.captioners import (CAPTIONER_KINDS, KIND_ALIASES, Captioner, CaptionerSpec, ClipScorer,
+                                        device_dtype, resolve_model)
+from denseface.model_refs import Resolved, require
 
 TEMPLATE = "template"
 MODELS = "models"
-# kind -> (processor, model) transformers class names
-_TRANSFORMERS_CLASSES = {
-    "blip": ("BlipProcessor", "BlipForConditionalGeneration"),
-    "blip2": ("Blip2Processor", "Blip2ForConditionalGeneration"),
-    "git": ("AutoProcessor", "AutoModelForCausalLM"),
-    "vision-encoder-decoder": ("ViTImageProcessor", "VisionEncoderDecoderModel"),
-}
-CAPTIONER_KINDS = tuple(_TRANSFORMERS_CLASSES)
-_KIND_ALIASES = {"vit-gpt2": "vision-encoder-decoder", "blip-2": "blip2"}
-_EXAMPLE_HUB_IDS = {
-    "blip": "Salesforce/blip-image-captioning-large",
-    "blip2": "Salesforce/blip2-flan-t5-xl",
-    "git": "microsoft/git-large-coco",
-    "vision-encoder-decoder": "nlpconnect/vit-gpt2-image-captioning",
-    "clip": "openai/clip-vit-large-patch14",
-}
+_GENERATION = ("max_new_tokens", "num_beams", "num_return_sequences")  # per-captioner overrides
 
 # ---------------------------------------------------------------------------------------
 # Pure functions: measures on the landmarks, template phrasing, top-k selection.
@@ -233,178 +220,24 @@ def caption_fields(candidates: Sequence[dict[str, Any]], keep: int) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaptionerSpec:
-    name: str
-    kind: str
-    path: str
-    max_new_tokens: int = 30
-    num_beams: int = 1
-    num_return_sequences: int = 1
-
-    @classmethod
-    def parse(cls, entry: dict[str, Any], defaults: dict[str, Any]) -> "CaptionerSpec":
-        if not isinstance(entry, dict) or "path" not in entry or "kind" not in entry:
-            raise ValueError(f"captions: each captioner needs kind and path, got {entry!r}")
-        kind = _KIND_ALIASES.get(str(entry["kind"]), str(entry["kind"]))
-        if kind not in CAPTIONER_KINDS:
-            raise ValueError(f"captions: captioner kind {entry['kind']!r} unknown; kinds are {list(CAPTIONER_KINDS)}")
-        gen = {k: int(entry.get(k, defaults.get(k, d)))
-               for k, d in (("max_new_tokens", 30), ("num_beams", 1), ("num_return_sequences", 1))}
-        if gen["num_return_sequences"] > gen["num_beams"]:
-            raise ValueError(f"captions: captioner {entry.get('name', kind)!r}: num_return_sequences "
-                             f"({gen['num_return_sequences']}) must not exceed num_beams ({gen['num_beams']})")
-        return cls(name=str(entry.get("name", kind)), kind=kind, path=str(entry["path"]), **gen)
-
-
-def _device_dtype(num_gpus: float):
-    import torch
-
-    if num_gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
-
-
-def _dtype_kwargs(dtype) -> dict[str, Any]:
-    """from_pretrained kwargs that load the weights straight in ``dtype``."""
-    import transformers
-
-    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
-
-
-def resolve_model(ref: str, what: str, kind: str) -> Resolved:
-    """A captioner or CLIP scorer: a transformers ``save_pretrained`` folder or a hub id[@revision]."""
-    how = (f"Give a hub id (e.g. {_EXAMPLE_HUB_IDS[kind]}) or a transformers save_pretrained folder "
-           f"(config, weights, processor/tokenizer files)")
-    return resolve_pretrained(ref, what, how)
-
-
-def _pooled(out):
-    """transformers 4.x get_*_features return the tensor, 5.x an output whose pooler_output it is."""
-    import torch
-
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class Captioner:
-    """One captioning model from a local ``save_pretrained`` folder; `caption` is batched."""
-
-    def __init__(self, spec: CaptionerSpec, device, dtype) -> None:
-        import transformers as tf
-
-        self.spec, self.device, self.dtype = spec, device, dtype
-        path, kw = resolve_model(spec.path, spec.name, spec.kind).pretrained_args()
-        processor_cls, model_cls = _TRANSFORMERS_CLASSES[spec.kind]  # CaptionerSpec.parse checked the kind
-        self.processor = getattr(tf, processor_cls).from_pretrained(path, **kw)
-        self.model = getattr(tf, model_cls).from_pretrained(path, **kw, **_dtype_kwargs(dtype))
-        # ViT-GPT2's image processor has no tokenizer: the decoder's lives beside it.
-        self.tokenizer = (tf.AutoTokenizer.from_pretrained(path, **kw)
-                          if spec.kind == "vision-encoder-decoder" else self.processor.tokenizer)
-        self.model.to(device).eval()
-
-    def _inputs(self, images):
-        enc = self.processor(images=images, return_tensors="pt")
-        return enc["pixel_values"].to(self.device, self.dtype)
-
-    def _gen_kwargs(self) -> dict[str, Any]:
-        s = self.spec
-        kw: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "num_beams": s.num_beams,
-                              "num_return_sequences": s.num_return_sequences, "do_sample": False}
-        if s.kind in ("git", "vision-encoder-decoder"):
-            gc = self.model.generation_config
-            pad = gc.pad_token_id if gc.pad_token_id is not None else self.tokenizer.pad_token_id
-            if pad is None:
-                pad = gc.eos_token_id if gc.eos_token_id is not None else self.tokenizer.eos_token_id
-            if pad is not None:
-                kw["pad_token_id"] = pad
-        return kw
-
-    def _prompt_len(self) -> int:
-        """Tokens the generated ids start with that are not part of the caption."""
-        cfg = self.model.config
-        if self.spec.kind == "blip":
-            return 1  # the [DEC] bos the text decoder starts from
-        if self.spec.kind == "blip2" and not cfg.text_config.is_encoder_decoder:
-            return int(cfg.num_query_tokens) + 1  # image tokens + bos (transformers >= 4.47)
-        return 0
-
-    def caption(self, images: list, batch_size: int) -> list[list[str]]:
-        """For each image, ``num_return_sequences`` captions (stripped, possibly empty)."""
-        import torch
-
-        n_ret = self.spec.num_return_sequences
-        out: list[list[str]] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            with torch.inference_mode():
-                ids = self.model.generate(pixel_values=self._inputs(chunk), **self._gen_kwargs())
-            ids = ids.detach().cpu()
-            skip = self._prompt_len()
-            if skip and ids.shape[1] > skip and self.spec.kind == "blip2":
-                cfg = self.model.config
-                image_tok = getattr(cfg, "image_token_id", None) or getattr(cfg, "image_token_index", None)
-                if image_tok is None or not bool((ids[:, 0] == image_tok).all()):
-                    skip = 0  # an older transformers that returns only the new tokens
-            texts = self.tokenizer.batch_decode(ids[:, skip:], skip_special_tokens=True)
-            texts = [" ".join(t.split()) for t in texts]
-            out.extend(texts[i * n_ret:(i + 1) * n_ret] for i in range(len(chunk)))
-        return out
-
-
-class ClipScorer:
-    """CLIP image-text similarity from a local CLIPModel + CLIPProcessor folder."""
-
-    def __init__(self, path: str, device, dtype, scale: float = 1.0, text_batch: int = 64) -> None:
-        import transformers as tf
-
-        path, kw = resolve_model(path, "CLIP scorer", "clip").pretrained_args()
-        self.processor = tf.CLIPProcessor.from_pretrained(path, **kw)
-        self.model = tf.CLIPModel.from_pretrained(path, **kw, **_dtype_kwargs(dtype)).to(device).eval()
-        self.device, self.dtype, self.scale, self.text_batch = device, dtype, float(scale), text_batch
-
-    def image_embeddings(self, images: list, batch_size: int):
-        import torch
-
-        feats = []
-        for start in range(0, len(images), batch_size):
-            enc = self.processor(images=images[start:start + batch_size], return_tensors="pt")
-            with torch.inference_mode():
-                f = _pooled(self.model.get_image_features(pixel_values=enc["pixel_values"].to(self.device, self.dtype)))
-            feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-        return torch.cat(feats)
-
-    def text_embeddings(self, texts: list[str]):
-        import torch
-
-        feats = []
-        for start in range(0, len(texts), self.text_batch):
-            enc = self.processor(text=texts[start:start + self.text_batch], padding=True, truncation=True,
-                                 return_tensors="pt")
-            with torch.inference_mode():
-                f = _pooled(self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
-                                                         attention_mask=enc["attention_mask"].to(self.device)))
-            feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-        return torch.cat(feats)
-
-    def score(self, images: list, texts: list[list[str]], batch_size: int = 16) -> list[list[float]]:
-        """``texts[i]`` scored against ``images[i]``: scale x cosine similarity."""
-        img = self.image_embeddings(images, batch_size)
-        unique = sorted({t for ts in texts for t in ts})
-        if not unique:
-            return [[] for _ in texts]
-        txt = self.text_embeddings(unique)
-        row = {t: j for j, t in enumerate(unique)}
-        return [[float(self.scale * (img[i] @ txt[row[t]])) for t in ts] for i, ts in enumerate(texts)]
-
-
-# ---------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------
+
+
+def captioner_spec(entry: dict[str, Any], defaults: dict[str, Any]) -> CaptionerSpec:
+    """One ``options.captioners`` entry; generation settings it does not give come from the
+    stage-wide options, then from `CaptionerSpec`'s defaults."""
+    if not isinstance(entry, dict) or "path" not in entry or "kind" not in entry:
+        raise ValueError(f"captions: each captioner needs kind and path, got {entry!r}")
+    kind = KIND_ALIASES.get(str(entry["kind"]), str(entry["kind"]))
+    if kind not in CAPTIONER_KINDS:
+        raise ValueError(f"captions: captioner kind {entry['kind']!r} unknown; kinds are {list(CAPTIONER_KINDS)}")
+    gen = {f.name: int(entry.get(f.name, defaults.get(f.name, f.default)))
+           for f in fields(CaptionerSpec) if f.name in _GENERATION}
+    if gen["num_return_sequences"] > gen["num_beams"]:
+        raise ValueError(f"captions: captioner {entry.get('name', kind)!r}: num_return_sequences "
+                         f"({gen['num_return_sequences']}) must not exceed num_beams ({gen['num_beams']})")
+    return CaptionerSpec(name=str(entry.get("name", kind)), kind=kind, path=str(entry["path"]), **gen)
 
 
 def _angle(item: Item, name: str) -> float | None:
@@ -430,7 +263,7 @@ class Captions(Stage):
         self.clip_path: str | None = None
         self.scale = float(opts.get("clip_score_scale", 1.0))
         if self.backend == MODELS:
-            self.specs = [CaptionerSpec.parse(e, opts) for e in opts.get("captioners") or []]
+            self.specs = [captioner_spec(e, opts) for e in opts.get("captioners") or []]
             self.clip_path = opts.get("clip")
         self.captioners: list[Captioner] = []
         self.scorer: ClipScorer | None = None
@@ -463,7 +296,7 @@ class Captions(Stage):
     def setup(self) -> None:
         if self.backend != MODELS:
             return
-        device, dtype = _device_dtype(self.conf.num_gpus)
+        device, dtype = device_dtype(self.conf.num_gpus)
         self.captioners = [Captioner(s, device, dtype) for s in self.specs]
         self.scorer = ClipScorer(self.clip_path, device, dtype, scale=self.scale)
 

@@ -313,6 +313,18 @@ def test_template_yaw_sign(real_faces):
 # ------------------------------------------------------------------ model backend with tiny models
 
 
+def test_captioner_spec_defaults_aliases_and_limits():
+    """An entry's own generation settings win over the stage-wide ones, which win over the spec's defaults."""
+    spec = cap.captioner_spec({"kind": "vit-gpt2", "path": "/m", "num_beams": 3}, {"num_beams": 2, "max_new_tokens": 9})
+    assert (spec.name, spec.kind, spec.path) == ("vision-encoder-decoder", "vision-encoder-decoder", "/m")
+    assert (spec.max_new_tokens, spec.num_beams, spec.num_return_sequences) == (9, 3, 1)
+    assert cap.captioner_spec({"name": "b", "kind": "blip", "path": "/m"}, {}).max_new_tokens == 30
+    with pytest.raises(ValueError, match="must not exceed num_beams"):
+        cap.captioner_spec({"kind": "blip", "path": "/m", "num_return_sequences": 2}, {})
+    with pytest.raises(ValueError, match="needs kind and path"):
+        cap.captioner_spec({"kind": "blip"}, {})
+
+
 def test_check_names_missing_paths(tmp_path, tiny_models):
     missing = tmp_path / "nowhere" / "blip-large"
     stage = models_stage(tiny_models, [{"name": "blip-large", "kind": "blip", "path": str(missing)},

@@ -142,14 +142,14 @@ def generate_fixed_length(model: torch.nn.Module, pixels: torch.Tensor, new_toke
 def clip_score_batch(model: torch.nn.Module, pixels: torch.Tensor, captions_per_image: int,
                      tokens: int) -> torch.Tensor:
     """What `ClipScorer.score` computes for a batch: image and caption embeddings, their cosines."""
-    from denseface.annotators.captions import _pooled  # transformers 4.x and 5.x outputs alike
+    from denseface.model.captioners import pooled  # transformers 4.x and 5.x outputs alike
 
     n = len(pixels)
     vocab = model.config.text_config.vocab_size
     ids = torch.randint(0, vocab - 2, (n * captions_per_image, tokens), device=pixels.device)
     with torch.inference_mode():
-        img = _pooled(model.get_image_features(pixel_values=pixels))
-        txt = _pooled(model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids)))
+        img = pooled(model.get_image_features(pixel_values=pixels))
+        txt = pooled(model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids)))
         img = torch.nn.functional.normalize(img.float(), dim=-1)
         txt = torch.nn.functional.normalize(txt.float(), dim=-1).view(n, captions_per_image, -1)
         return torch.einsum("nd,nkd->nk", img, txt)
