@@ -63,12 +63,26 @@ class Stage:
     # Summary fields this stage puts in ``item.fields`` for the manifest: name -> Arrow
     # type alias ("int32", "float32", "string", "list<float32>", ...).
     manifest_fields: ClassVar[dict[str, str]] = {}
+    # The backends ``stages.NAME.backend`` may name, the default (what leaving it out means) first.
+    # A stage with one implementation has the one named "default", as its outputs record it.
+    BACKENDS: ClassVar[tuple[str, ...]] = ("default",)
 
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
         self.build = build
         self.conf = conf or build.stage(self.name)
-        self.backend = self.conf.backend
+        self.backend = self.resolve_backend(self.conf.backend)
         self._ready = False
+
+    @classmethod
+    def resolve_backend(cls, backend: str | None) -> str:
+        """The backend a config names (None: the default). `BuildConfig` checks names with it as the
+        config loads, so an unknown one fails there rather than when the stage is built."""
+        if backend is None:
+            return cls.BACKENDS[0]
+        if backend not in cls.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; {cls.name}'s backends are {', '.join(cls.BACKENDS)} "
+                             f"(leave it out for {cls.BACKENDS[0]})")
+        return backend
 
     def check(self) -> None:
         """Fail at start-up (before any work) when the configured backend cannot run."""

@@ -2,7 +2,7 @@
 
 Two backends (``StageConfig.backend``):
 
-``template`` (also ``default``; offline, needs no weights)
+``template`` (the default; offline, needs no weights)
     One caption composed from the annotations already on the item, labelled as such
     (captioner ``"template"``, ``clip_score`` None), e.g.
     ``"a close-up photo of a person facing slightly left, mouth open, eyes open"``.
@@ -252,11 +252,10 @@ class Captions(Stage):
     name = "captions"
     version = "1"
     manifest_fields = {"captions_all": "string", "caption_top": "string", "clip_score_top": "float32"}
+    BACKENDS = (TEMPLATE, MODELS)
 
     def __init__(self, build, conf=None) -> None:
         super().__init__(build, conf)
-        backend = self.conf.backend
-        self.backend = TEMPLATE if backend in ("default", TEMPLATE) else backend
         opts = self.conf.options
         self.keep = int(opts.get("keep", 3))
         self.specs: list[CaptionerSpec] = []
@@ -271,8 +270,6 @@ class Captions(Stage):
     def check(self) -> None:
         if self.backend == TEMPLATE:
             return
-        if self.backend != MODELS:
-            raise ValueError(f"captions: backend {self.conf.backend!r} unknown; use 'template' (default) or 'models'")
         if self.keep < 1:
             raise ValueError("captions: options.keep must be >= 1")
         if not self.specs:

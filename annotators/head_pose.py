@@ -31,13 +31,7 @@ class HeadPose(Stage):
                        "yaw_pnp": "float32", "pitch_pnp": "float32", "roll_pnp": "float32"}
     BACKENDS = ("pnp", "hopenet")
 
-    def __init__(self, build, conf=None) -> None:
-        super().__init__(build, conf)
-        self.backend = "pnp" if self.conf.backend == "default" else self.conf.backend
-
     def check(self) -> None:
-        if self.backend not in self.BACKENDS:
-            raise ValueError(f"head_pose backend must be one of {self.BACKENDS}, got {self.backend!r}")
         require(self.weights())
 
     def weights(self) -> list[Resolved]:

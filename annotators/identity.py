@@ -2,7 +2,7 @@
 
 Two backends, chosen by ``stages.identity.backend``:
 
-* ``dlib`` (``default``): dlib's ResNet 128-d face descriptor
+* ``dlib`` (the default): dlib's ResNet 128-d face descriptor
   (``dlib_face_recognition_resnet_model_v1.dat``) on the 150 px chip that dlib cuts with its
   own 5-point shape predictor (``shape_predictor_5_face_landmarks.dat``). Both files ship
   in the ``face-recognition-models`` package, which is the default weights folder;
@@ -73,18 +73,9 @@ DLIB_RECOGNITION = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE_5 = "shape_predictor_5_face_landmarks.dat"
 DLIB_FILES = (DLIB_RECOGNITION, DLIB_SHAPE_5)
 
-BACKENDS = ("dlib", "arcface", "irse50")
 DLIB_ENGINES = ("torch", "dlib")
 OPTIONS = {"dlib": {"num_jitters", "padding", "engine"}, "arcface": {"input_mean", "input_std", "eyes"},
            "irse50": {"eyes"}}
-
-
-def resolve_backend(backend: str) -> str:
-    """The configured backend name, with ``default`` meaning dlib."""
-    name = "dlib" if backend in ("default", "") else backend
-    if name not in BACKENDS:
-        raise ValueError(f"identity: unknown backend {backend!r}; backends are {['default', *BACKENDS]}")
-    return name
 
 
 def landmark_pixels(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -315,10 +306,10 @@ class Identity(Stage):
     name = "identity"
     version = "2"  # 2: dlib descriptors from torch by default (equal to dlib's to float32 rounding)
     manifest_fields = {"id_backend": "string", "id_dim": "int32"}
+    BACKENDS = ("dlib", "arcface", "irse50")
 
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
         super().__init__(build, conf)
-        self.backend = resolve_backend(self.conf.backend)
         self._model: DlibDescriptor | ArcFaceOnnx | IRSE50Torch | None = None
 
     def _option(self, key: str, default: Any) -> Any:

@@ -1,7 +1,7 @@
 """Optional VAE latent of the aligned crop (``latent.npy``; DESIGN §4), so training need not
 run the VAE on every step.
 
-* ``none`` (default, ``default`` means ``none``): nothing is written.
+* ``none`` (the default): nothing is written.
 * ``vae``: ``AutoencoderKL`` from ``weights``: an SD hub id (``owner/name[@revision]``, its
   ``vae/``), or a local diffusers folder (an SD folder with ``vae/``, or a VAE folder). The member is the posterior *mean* of the 512 crop, before
   ``scaling_factor`` (float16, 4 x 64 x 64 for SD's VAE), the trainer's convention
@@ -23,7 +23,6 @@ from denseface.config import BuildConfig, StageConfig
 from denseface.errors import MissingFileError
 from denseface.model_refs import Resolved, require, resolve_pretrained
 
-BACKENDS = ("none", "vae")
 HOW_TO_GET_VAE = ("Set stages.latent.weights to the Stable Diffusion model the trainer uses: a hub id "
                   "(e.g. stabilityai/stable-diffusion-2-1-base) or its diffusers folder (with vae/).")
 
@@ -46,12 +45,10 @@ class Latent(Stage):
     name = "latent"
     version = "1"
     manifest_fields = {"latent_vae": "string"}
+    BACKENDS = ("none", "vae")
 
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None) -> None:
         super().__init__(build, conf)
-        self.backend = "none" if self.conf.backend in ("default", "") else self.conf.backend
-        if self.backend not in BACKENDS:
-            raise ValueError(f"latent: unknown backend {self.conf.backend!r}; choose one of {list(BACKENDS)}")
         self._vae = None
         self.fingerprint = ""
 

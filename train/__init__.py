@@ -11,5 +11,7 @@ stays light):
 * `losses`: Eq. 8 (`dense_face_loss`), `sample_timesteps`;
 * `checkpoint`: trained-modules-only checkpoints with optimizer/RNG/data state;
 * `visualize`: the validation picture; `loop`: `Trainer`, `train`, `TrainResult`;
-* `synthetic`: a dataset with every member, for tests, benchmarks and demos; `cli`: ``denseface train``.
+* `synthetic`: a dataset with every member, for tests, benchmarks and demos.
+
+``denseface train`` is wired in `denseface.cli` from `TrainConfig`'s fields.
 """
