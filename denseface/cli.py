@@ -87,16 +87,6 @@ def _manifest_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _face_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4:
-        raise argparse.ArgumentTypeError(f"--face-box wants x0,y0,x1,y1 in pixels, got {text!r}")
-    return vals
-
-
 def _weights_check(args: argparse.Namespace) -> int:
     from denseface.weights_check import build_needs, format_report, generate_needs
 
@@ -122,9 +112,65 @@ def _import_official(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from denseface.generate import run
+    """`DenseFacePipeline` on the command line, after the weights check: the final image, the
+    panels picture and the run's record (settings, face region, timings) beside it."""
+    import json
+    import time
 
-    return run(args)
+    import torch
+    from PIL import Image
+
+    from denseface.config import flag_values, load_model_config
+    from denseface.generation.config import GenerateConfig, sampler_settings
+    from denseface.generation.pipeline import SWAP_PROMPT, DenseFacePipeline, side_by_side
+    from denseface.model_refs import require
+    from denseface.weights_check import generate_needs
+
+    cfg = load_model_config(GenerateConfig, None, **flag_values(args, GenerateConfig))
+    if cfg.target is None and not cfg.prompt:
+        raise UserError("--prompt is required without --target")
+    t0 = time.perf_counter()
+    try:
+        require(generate_needs(cfg.pretrained, cfg.weights, cfg.id_backend, cfg.id_weights))
+        pipe = DenseFacePipeline.load(cfg.pretrained, cfg.weights, seed=cfg.seed, device=cfg.device,
+                                      dtype=torch.float16 if cfg.fp16 else None, id_backend=cfg.id_backend,
+                                      id_weights=cfg.id_weights)
+        t_load = time.perf_counter() - t0
+        steps, guidance = sampler_settings(pipe.dense_face.config, cfg.steps, cfg.guidance)
+        res = pipe(prompt=cfg.prompt, reference_image=cfg.reference, target_image=cfg.target,
+                   negative_prompt=cfg.negative_prompt, num_inference_steps=steps, guidance_scale=guidance,
+                   generator=torch.Generator().manual_seed(cfg.seed), height=cfg.size, strength=cfg.strength,
+                   face_box=cfg.face_box).results[0]
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    gen = pipe.generator()
+    out = cfg.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(res.final).save(out)
+    panels = out.with_name(out.stem + "_panels.png")
+    Image.fromarray(side_by_side(res.panels())).save(panels)
+    info = {
+        "mode": res.mode, "prompt": cfg.prompt or SWAP_PROMPT, "negative_prompt": cfg.negative_prompt,
+        "reference": str(cfg.reference), "target": str(cfg.target) if cfg.target else None,
+        "model": str(cfg.pretrained) if cfg.pretrained else "tiny (offline, random weights)",
+        "weights": str(cfg.weights) if cfg.weights else None, "id_backend": gen.id_backend,
+        "steps": steps, "guidance": guidance, "seed": cfg.seed, "strength": cfg.strength,
+        "image_size": list(res.final.shape[:2]), "crop_size": res.region.size, "face_source": res.region.source,
+        "pose": {"yaw": res.region.yaw, "pitch": res.region.pitch, "roll": res.region.roll},
+        "notes": res.notes, "timings_s": {"load": round(t_load, 3), **res.timings,
+                                           "total": round(time.perf_counter() - t0, 3)},
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    for note in res.notes:
+        print(f"note: {note}")
+    print(f"face region: {res.region.source}, pose yaw {res.region.yaw:.1f} pitch {res.region.pitch:.1f} "
+          f"roll {res.region.roll:.1f}, id backend {gen.id_backend}")
+    print(f"final:  {out} ({res.final.shape[1]}x{res.final.shape[0]})")
+    print(f"panels: {panels} (base | crop | mask | final)")
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in info["timings_s"].items()))
+    return 0
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -155,40 +201,40 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from denseface.evaluate.runner import run
+    """Generate and score (`denseface.evaluate.runner.evaluate`); the overall table and the outputs' paths."""
+    import torch
 
-    return run(args)
+    from denseface.config import flag_values, load_model_config
+    from denseface.evaluate.config import EvaluateConfig
+    from denseface.evaluate.runner import ALL, evaluate
+    from denseface.evaluate.scorers import ModelRefs
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    refs = load_model_config(ModelRefs, None, **flag_values(args, ModelRefs), device=device)
+    cfg = load_model_config(EvaluateConfig, None, **{**flag_values(args, EvaluateConfig), "device": device},
+                            models=refs)
+    try:
+        res = evaluate(cfg)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # EvalInputError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for f in res["failures"]:
+        print(f"not generated: {f['subject']} {f['mode']} seed {f['seed']}: {f['reason']}")
+    overall = res["table"][res["table"]["subject"] == ALL]
+    print(overall.drop(columns=["subject"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for k in ("summary", "per_image", "json", "report"):
+        print(f"{k + ':':11s}{res[k]}")
+    return 0
 
 
 def add_evaluate_parser(sub) -> None:
-    from denseface.evaluate.scorers import METRICS, ModelRefs
+    from denseface.config import add_flags
+    from denseface.evaluate.config import EvaluateConfig
+    from denseface.evaluate.scorers import ModelRefs
 
-    d = ModelRefs()
     e = sub.add_parser("evaluate", help="generate for held-out subjects and score them as the paper's section 4 does")
-    e.add_argument("--subjects", type=Path, required=True, help="SUBJECTS/<subject>/<photos>: real reference photos")
-    e.add_argument("--prompts", type=Path, help="text file, one prompt a line (required unless --images)")
-    e.add_argument("--targets", type=Path, help="folder of photos: also evaluate face swap onto each of them")
-    e.add_argument("--images", type=Path, help="IMAGES/<subject>/<images> made elsewhere: score them, generate nothing")
-    e.add_argument("--out", type=Path, required=True, help="folder for images/, summary.csv, per_image.csv, "
-                   "metrics.json, report.html")
-    e.add_argument("--pretrained", type=Path, help="local diffusers SD 2.1 folder (default: the tiny offline model)")
-    e.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained (default: untrained)")
-    e.add_argument("--id-weights", help="the model's identity backend weights (ArcFace .onnx; dlib needs none)")
-    e.add_argument("--n", type=int, default=4, help="images per subject and prompt (and target); seeds SEED..SEED+N-1")
-    e.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    e.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
-    e.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    e.add_argument("--metrics", help=f"comma-separated subset of {', '.join(METRICS)}; 'paper' (default: all but "
-                   "id_dlib) or 'all'")
-    e.add_argument("--clip", default=d.clip, help=f"CLIP for clip_t/clip_i: hub id or folder (default {d.clip})")
-    e.add_argument("--dino", default=d.dino, help=f"DINO ViT for dino: hub id or folder (default {d.dino})")
-    e.add_argument("--arcface", help="id_arcface: insightface ArcFace .onnx (e.g. buffalo_l w600k_r50.onnx)")
-    e.add_argument("--adaface", help="id_adaface: AdaFace .ckpt (e.g. adaface_ir101_webface12m.ckpt)")
-    e.add_argument("--lpips", help="face_div: folder with LPIPS alex.pth (v0.1) and alexnet-owt-7be5be79.pth")
-    e.add_argument("--fid-inception", help="fid: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
-    e.add_argument("--fid-reference", help="fid: folder of real images (the paper: 10 000 FFHQ)")
-    e.add_argument("--hopenet", help="pose: also Hopenet (hopenet_robust_alpha1.pkl) besides the PnP pose")
-    e.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_flags(e, EvaluateConfig)
+    add_flags(e, ModelRefs)
     e.set_defaults(func=_evaluate)
 
 
@@ -251,30 +297,11 @@ def parser() -> argparse.ArgumentParser:
     wc.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"], help="identity backend for generation")
     wc.add_argument("--id-weights", help="identity backend weights for generation (ArcFace .onnx)")
 
+    from denseface.config import add_flags
+    from denseface.generation.config import GenerateConfig
+
     g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
-    g.add_argument("--prompt", help="text prompt (required without --target; face swap default: 'a photo of a face'); "
-                   "write * where the identity goes (default: in front; see README)")
-    g.add_argument("--reference", type=Path, required=True, help="photo of the identity to generate")
-    g.add_argument("--target", type=Path, help="face swap: repaint the face of this photo instead of a G1 image")
-    g.add_argument("--pretrained", help="SD 2.1: hub id[@revision] or diffusers folder, or a saved DenseFacePipeline "
-                   "(default: the tiny offline model)")
-    g.add_argument("--weights", type=Path, help="Dense-Face folder from DenseFace.save_trained / a training checkpoint "
-                   "(default: the pipeline folder's dense_face/, else untrained)")
-    g.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"],
-                   help="identity backend; must be the one the model was trained with (default: the recorded one)")
-    g.add_argument("--id-weights", help="identity backend weights (ArcFace .onnx; dlib default needs none)")
-    g.add_argument("--negative-prompt", default="", help="negative prompt for CFG (default empty)")
-    g.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 50 for an imported release; else 25)")
-    g.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale (default: the model's, 4 for an imported release; else 7.5)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--size", type=int, help="G1 base image size in px (default: the model's, 512 SD 2.1-base, 64 tiny)")
-    g.add_argument("--strength", type=float, default=1.0, help="G2 start noise level, (0, 1] (default 1: full)")
-    g.add_argument("--face-box", type=_face_box, help="x0,y0,x1,y1: the face in the base/target image, not detection")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--fp16", action="store_true", help="half precision (GPU)")
-    g.add_argument("--out", type=Path, required=True,
-                   help="final image (PNG); OUT_panels.png (base | crop | mask | final) and OUT.json beside it")
+    add_flags(g, GenerateConfig)
     g.set_defaults(func=_generate)
 
     o = _command(sub, "import-official", _import_official, "the released Dense-Face checkpoint (.ckpt/.safetensors) "

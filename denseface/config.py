@@ -53,15 +53,17 @@ def flag_fields(model: type[BaseModel]) -> dict[str, Any]:
 
 def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
     """One flag per `flag` field of ``model``. Every flag defaults to None (= not given), so a YAML
-    ``--config`` value stays unless the flag is given (`flag_values`, `load_model_config`)."""
+    ``--config`` value stays unless the flag is given (`flag_values`, `load_model_config`); a field
+    without a default is a required flag."""
     for name, field in flag_fields(model).items():
         extra = field.json_schema_extra
         kind, repeatable = _flag_type(field.annotation)
-        default = None if field.default_factory is not None else field.default
+        default = None if field.default_factory is not None or field.is_required() else field.default
         const = (not default) if kind is bool else extra.get("const")
         flag_name = extra["flag"] if isinstance(extra["flag"], str) else \
             "--" + ("no-" if const is False else "") + name.replace("_", "-")
-        opts: dict[str, Any] = {"dest": name, "default": None, "help": field.description}
+        opts: dict[str, Any] = {"dest": name, "default": None, "help": field.description,
+                                "required": field.is_required()}
         if const is not None:
             opts.update(action="store_const", const=const)
             if const is False:
@@ -71,8 +73,8 @@ def add_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
                 opts["help"] += f" (default {default})"
             if typing.get_origin(kind) is Literal:
                 opts["choices"] = list(typing.get_args(kind))
-            else:
-                opts["type"] = kind
+            else:  # a structured value (a tuple) comes as text, and the model's validator parses it
+                opts["type"] = kind if isinstance(kind, type) else str
             if repeatable:
                 opts["action"] = "append"
             if "metavar" in extra:

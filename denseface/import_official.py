@@ -181,7 +181,7 @@ def import_official(ckpt: str | Path, out: str | Path, original_config: str | Pa
                     clip: str | None = None) -> ImportReport:
     """Convert `ckpt` and write a DenseFacePipeline folder to `out` (plus `irse50.pth`); `clip`: the text
     encoder's config and tokenizer (hub id or folder; None: SD 1.x's)."""
-    from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
+    from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
     text_ref = resolve_pretrained(clip or CLIP_DEFAULT, "CLIP text encoder config and tokenizer")
     require([text_ref])  # before the checkpoint is read

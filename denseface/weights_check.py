@@ -58,9 +58,10 @@ def generate_needs(pretrained: str | Path | None, weights: str | Path | None = N
     """What ``denseface generate`` loads: SD, the Dense-Face folder (``weights``, else a local saved
     pipeline's ``dense_face/``) and the identity backend it was trained with (`identity_backend_for`,
     which also refuses a mismatched ``id_backend``)."""
-    from denseface.generate import TINY_CONFIG, UNTRAINED_CONFIG, identity_backend_for
+    from denseface.generation.pipeline import (
+        DENSE_FACE_FOLDER, TINY_CONFIG, UNTRAINED_CONFIG, bundled_id_weights, identity_backend_for,
+    )
     from denseface.model.dense_face import DenseFace
-    from denseface.pipeline import DENSE_FACE_FOLDER, bundled_id_weights
 
     needed = sd_needs(pretrained) + dense_face_needs(weights)
     folder = Path(weights) if weights is not None else None

@@ -19,7 +19,7 @@ from denseface.evaluate.image_set import EvalImage, EvalInputError, read_images,
 from denseface.evaluate.runner import Scorers, score
 from denseface.evaluate.scorers import (ClipEncoder, DinoEncoder, FaceFinder, FidScorer, IdentityScorer,
                                         LpipsScorer, ModelRefs, hf_load, parse_metrics)
-from denseface.generate import load_photo
+from denseface.generation.face_region import load_photo
 from denseface.model import adaface, inception, lpips
 from tests.test_captions import IMG, save_clip
 from tests.test_identity import tiny_arcface

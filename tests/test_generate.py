@@ -12,9 +12,9 @@ from PIL import Image
 
 from denseface.cli import main
 from denseface.etl.sample_data import sample_photo
-from denseface.generate import (
-    PANEL_GAP, PANEL_MIN_HEIGHT, DenseFaceGenerator, FaceAnalyzer, feather_alpha, latent_blending,
-    latent_mask_from, load_photo, paste_back, side_by_side,
+from denseface.generation.face_region import FaceAnalyzer, feather_alpha, latent_mask_from, load_photo, paste_back
+from denseface.generation.pipeline import (
+    PANEL_GAP, PANEL_MIN_HEIGHT, DenseFaceGenerator, latent_blending, side_by_side,
 )
 from denseface.model.tiny_sd import save_tiny_sd
 
@@ -173,7 +173,7 @@ def test_cli_without_prompt_or_target_fails(tmp_path):
 
 
 def test_weights_folder_sets_config_and_identity_backend(tmp_path):
-    from denseface.generate import TINY_CONFIG
+    from denseface.generation.pipeline import TINY_CONFIG
     from denseface.model.dense_face import DenseFace
     from denseface.model.tiny_sd import build_tiny_sd
 
@@ -183,7 +183,7 @@ def test_weights_folder_sets_config_and_identity_backend(tmp_path):
 
 
 def test_identity_backend_is_the_recorded_one_never_a_guess():
-    from denseface.generate import identity_backend_for
+    from denseface.generation.pipeline import identity_backend_for
     from denseface.model.dense_face import DenseFaceConfig
 
     assert identity_backend_for(DenseFaceConfig(id_dim=512, extra={"id_backend": "arcface"})) == "arcface"
@@ -198,7 +198,7 @@ def test_identity_backend_is_the_recorded_one_never_a_guess():
 
 
 def test_mismatched_identity_backend_is_refused_by_the_cli(tmp_path, capsys):
-    from denseface.generate import TINY_CONFIG
+    from denseface.generation.pipeline import TINY_CONFIG
     from denseface.model.dense_face import DenseFace
     from denseface.model.tiny_sd import build_tiny_sd
 
@@ -214,7 +214,7 @@ def test_mismatched_identity_backend_is_refused_by_the_cli(tmp_path, capsys):
 def test_arcface_model_without_identity_weights_fails_clearly():
     from dataclasses import replace
 
-    from denseface.generate import TINY_CONFIG
+    from denseface.generation.pipeline import TINY_CONFIG
     from denseface.model.dense_face import DenseFace
     from denseface.model.tiny_sd import build_tiny_sd
 
@@ -241,7 +241,7 @@ def test_g2_condition_carries_identity_and_unconditional_branch_does_not(gen):
 
 
 def test_cli_refuses_weights_of_the_old_identity_path(tmp_path, capsys):
-    from denseface.generate import TINY_CONFIG
+    from denseface.generation.pipeline import TINY_CONFIG
     from denseface.model.dense_face import CONFIG_NAME, DenseFace
     from denseface.model.tiny_sd import build_tiny_sd
 

@@ -23,7 +23,7 @@ from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE,
 from denseface.model.irse50 import IRSE50
 from denseface.model.pose_branch import PoseBranch
 from denseface.model.tiny_sd import build_tiny_tokenizer
-from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
+from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
 N = 1  # num_res_blocks
 HINT = (8, 16, 16, 32)
@@ -281,7 +281,7 @@ def test_g1_image_equals_diffusers_from_single_file(imported, monkeypatch):
     release's eta 1 (the imported model's default, so the noise draws must match too)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from denseface.generate import DenseFaceGenerator
+    from denseface.generation.pipeline import DenseFaceGenerator
 
     made, _, folder = imported
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -357,7 +357,7 @@ def test_safetensors_input_imports_the_same(imported, tmp_path):
 
 def test_release_pose_image_geometry_scales_with_the_crop():
     from denseface.geometry.pose_image import draw_pose_axes
-    from denseface.generate import FaceRegion
+    from denseface.generation.face_region import FaceRegion
 
     crop = np.zeros((128, 128, 3), np.uint8)
     region = FaceRegion(source="box", quad=np.zeros((4, 2)), matrix=np.eye(2, 3), crop=crop,

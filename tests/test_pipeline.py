@@ -11,7 +11,7 @@ from PIL import Image
 
 from denseface.etl.sample_data import sample_photo
 from denseface.model_refs import MissingModel
-from denseface.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
+from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 from tests.test_model_refs import cache_snapshot
 
 PROMPT = "a photo of a smiling man"
@@ -48,6 +48,18 @@ def test_round_trip_gives_identical_images(trained_pipe, tmp_path):
     assert before.shape == (1, 64, 64, 3) and before.dtype == np.float32
     assert np.array_equal(before, after)
     assert not np.array_equal(before, _run(loaded, seed=4))  # the seed matters, so equality means something
+
+
+def test_saved_folder_names_no_python_module(trained_pipe, tmp_path):
+    """model_index.json names the class, not the module it lives in: folders saved when the class was
+    `denseface.pipeline.DenseFacePipeline` load the same now that it is in `denseface.generation`."""
+    trained_pipe.save_pretrained(tmp_path / "pipe")
+    text = (tmp_path / "pipe" / "model_index.json").read_text()
+    index = json.loads(text)
+    assert index["_class_name"] == "DenseFacePipeline" and "denseface" not in text
+    assert {lib for key, value in index.items() if not key.startswith("_") for lib in value[:1]} <= {
+        "diffusers", "transformers"}
+    assert DenseFacePipeline.from_pretrained(tmp_path / "pipe").dense_face.config == trained_pipe.dense_face.config
 
 
 def test_hub_id_round_trip_through_an_offline_cache(trained_pipe, tmp_path, monkeypatch):

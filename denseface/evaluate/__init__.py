@@ -2,5 +2,6 @@
 
 ``metrics``: the maths (pure functions); ``scorers``: the models behind each metric;
 ``image_set``: the on-disk layout of subjects, prompts and evaluated images;
-``runner``: generation + scoring + outputs; ``report``: the HTML page.
+``config``: the command's settings (generation's, reused); ``runner``: generation + scoring +
+outputs; ``report``: the HTML page.
 """

@@ -20,7 +20,7 @@ GRID_CSS = (".grid{display:flex;flex-wrap:wrap;gap:6px} .cell{width:%dpx;font-si
 
 
 def _thumb(path: str) -> str:
-    from denseface.generate import load_photo
+    from denseface.generation.face_region import load_photo
 
     img = load_photo(path)
     h, w = img.shape[:2]

@@ -25,20 +25,19 @@ models, failures) and ``report.html``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from denseface.evaluate import metrics as M
+from denseface.evaluate.config import EvaluateConfig
 from denseface.evaluate.image_set import (POSE_KEYS, EvalImage, EvalInputError, images_in, read_images,
                                           read_prompts, read_subjects, write_image)
 from denseface.evaluate.scorers import (REQUIRED, ClipEncoder, DinoEncoder, Face, FaceFinder, FidScorer,
@@ -46,24 +45,6 @@ from denseface.evaluate.scorers import (REQUIRED, ClipEncoder, DinoEncoder, Face
 
 ALL = "ALL"
 ID_METRICS = ("id_arcface", "id_adaface", "id_dlib")
-
-
-@dataclass
-class EvalSettings:
-    subjects: Path
-    out: Path
-    prompts: Path | None = None
-    targets: Path | None = None
-    images: Path | None = None  # evaluate these instead of generating
-    pretrained: Path | None = None
-    weights: Path | None = None
-    id_weights: str | None = None
-    n: int = 4
-    seed: int = 0
-    steps: int = 25
-    guidance: float = 7.5
-    metrics: tuple[str, ...] = ()
-    models: ModelRefs = field(default_factory=ModelRefs)
 
 
 @dataclass
@@ -110,15 +91,17 @@ class Scorers:
 
 # ---- generation ------------------------------------------------------------------------------
 
-def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], prompts: list[str],
-                    targets: list[Path]) -> tuple[list[EvalImage], list[dict[str, Any]]]:
-    """Both modes for every subject (module docstring): the images and the failures."""
+def generate_images(settings: EvaluateConfig, subjects: dict[str, list[Path]], prompts: list[str],
+                    targets: list[Path]) -> tuple[list[EvalImage], list[dict[str, Any]], tuple[int, float]]:
+    """Both modes for every subject (module docstring): the images, the failures and the (steps,
+    guidance) they were made with."""
     from PIL import Image
 
-    from denseface.generate import SWAP_PROMPT, DenseFaceGenerator
+    from denseface.generation.pipeline import SWAP_PROMPT, DenseFaceGenerator
 
     gen = DenseFaceGenerator.load(settings.pretrained, settings.weights, seed=settings.seed,
-                                  device=settings.models.device, id_weights=settings.id_weights)
+                                  device=settings.device, id_weights=settings.id_weights)
+    steps, guidance = gen.sampler(settings.steps, settings.guidance)
     jobs = [("text", f"p{i}", prompt, None) for i, prompt in enumerate(prompts)]
     jobs += [("swap", f"t{i}", SWAP_PROMPT, target) for i, target in enumerate(targets)]
     images, failures = [], []
@@ -132,8 +115,8 @@ def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], pro
                 progress.update()
                 seed, reference = settings.seed + k, photos[k % len(photos)]
                 try:
-                    res = gen.generate(reference, prompt, target=target, steps=settings.steps,
-                                       guidance=settings.guidance, seed=seed)
+                    res = gen.generate(reference, prompt, target=target, steps=steps, guidance=guidance,
+                                       seed=seed)
                 except ValueError as exc:
                     failures.append({"subject": subject, "mode": mode, "prompt": prompt, "seed": seed,
                                      "reference": str(reference), "target": str(target) if target else None,
@@ -150,13 +133,13 @@ def generate_images(settings: EvalSettings, subjects: dict[str, list[Path]], pro
                 write_image(record)
                 images.append(record)
     progress.close()
-    return images, failures
+    return images, failures, (steps, guidance)
 
 
 # ---- scoring ---------------------------------------------------------------------------------
 
 def _load(path: str | Path) -> np.ndarray:
-    from denseface.generate import load_photo
+    from denseface.generation.face_region import load_photo
 
     return load_photo(path)
 
@@ -264,9 +247,10 @@ def summarise(rows: pd.DataFrame, faces: list[Face | None], scorers: Scorers,
 
 # ---- the command -----------------------------------------------------------------------------
 
-def evaluate(settings: EvalSettings) -> dict[str, Any]:
+def evaluate(settings: EvaluateConfig) -> dict[str, Any]:
     """Generate (unless ``settings.images``), score, write the outputs; returns their paths and figures."""
     t0 = time.perf_counter()
+    metrics = parse_metrics(settings.metrics)
     subjects = read_subjects(settings.subjects)
     targets: list[Path] = []
     if settings.images is None:
@@ -285,10 +269,12 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
         if unknown:
             raise EvalInputError(f"--images has subjects without reference photos in --subjects: {', '.join(unknown)}")
         subjects = {s: p for s, p in subjects.items() if any(im.subject == s for im in images)}
-    scorers = Scorers.load(settings.metrics, settings.models)  # every model loads before any work
+    scorers = Scorers.load(metrics, settings.models)  # every model loads before any work
     failures: list[dict[str, Any]] = []
+    recorded = settings.model_dump(mode="json", exclude={"models", "metrics", "device"})
     if settings.images is None:
-        images, failures = generate_images(settings, subjects, prompts, targets)
+        images, failures, (recorded["steps"], recorded["guidance"]) = generate_images(settings, subjects, prompts,
+                                                                                      targets)
         if not images:
             raise EvalInputError(f"no image could be generated: {failures[0]['reason'] if failures else ''}")
     t_gen = time.perf_counter() - t0
@@ -300,10 +286,9 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
     summary.to_csv(out / "summary.csv", index=False)
     info = {
         "summary": json.loads(summary.to_json(orient="records")),
-        "metrics": list(settings.metrics),
-        "models": asdict(settings.models),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
-                     if k not in ("models", "metrics")},
+        "metrics": list(metrics),
+        "models": settings.models.model_dump(),
+        "settings": recorded,
         "generation_failures": failures,
         "seconds": {"generate": round(t_gen, 2), "total": round(time.perf_counter() - t0, 2)},
     }
@@ -314,25 +299,3 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
     return {"per_image": out / "per_image.csv", "summary": out / "summary.csv", "json": out / "metrics.json",
             "report": report, "table": summary, "failures": failures}
 
-
-def run(args: argparse.Namespace) -> int:
-    """``denseface evaluate`` (options in denseface/cli.py): returns the exit status."""
-    try:
-        refs = ModelRefs(clip=args.clip, dino=args.dino, arcface=args.arcface, adaface=args.adaface,
-                         lpips=args.lpips, fid_inception=args.fid_inception, fid_reference=args.fid_reference,
-                         hopenet=args.hopenet, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        settings = EvalSettings(subjects=args.subjects, out=args.out, prompts=args.prompts, targets=args.targets,
-                                images=args.images, pretrained=args.pretrained, weights=args.weights,
-                                id_weights=args.id_weights, n=args.n, seed=args.seed, steps=args.steps,
-                                guidance=args.guidance, metrics=parse_metrics(args.metrics), models=refs)
-        res = evaluate(settings)
-    except (ValueError, FileNotFoundError, ImportError) as exc:  # EvalInputError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for f in res["failures"]:
-        print(f"not generated: {f['subject']} {f['mode']} seed {f['seed']}: {f['reason']}")
-    overall = res["table"][res["table"]["subject"] == ALL]
-    print(overall.drop(columns=["subject"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for k in ("summary", "per_image", "json", "report"):
-        print(f"{k + ':':11s}{res[k]}")
-    return 0

@@ -22,7 +22,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
+from denseface.config import flag
 from denseface.etl.readers import IMAGE_EXTS
 from denseface.evaluate.image_set import EvalInputError
 
@@ -33,18 +35,20 @@ FACE_DIV_SIZE = 256  # LPIPS input side for face diversity
 BATCH = 16
 
 
-@dataclass
-class ModelRefs:
-    """Where each metric's model comes from (hub id or local path; None: not configured)."""
+class ModelRefs(BaseModel):
+    """Where each metric's model comes from (hub id or local path; None: not configured); the
+    fields are ``denseface evaluate``'s flags, ``device`` is set from its ``--device``."""
 
-    clip: str = "openai/clip-vit-large-patch14"
-    dino: str = "facebook/dino-vits16"
-    arcface: str | None = None
-    adaface: str | None = None
-    lpips: str | None = None
-    fid_inception: str | None = None
-    fid_reference: str | None = None
-    hopenet: str | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    clip: str = flag("openai/clip-vit-large-patch14", help="CLIP for clip_t/clip_i: hub id or folder")
+    dino: str = flag("facebook/dino-vits16", help="DINO ViT for dino: hub id or folder")
+    arcface: str | None = flag(None, help="id_arcface: insightface ArcFace .onnx (e.g. buffalo_l w600k_r50.onnx)")
+    adaface: str | None = flag(None, help="id_adaface: AdaFace .ckpt (e.g. adaface_ir101_webface12m.ckpt)")
+    lpips: str | None = flag(None, help="face_div: folder with LPIPS alex.pth (v0.1) and alexnet-owt-7be5be79.pth")
+    fid_inception: str | None = flag(None, help="fid: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    fid_reference: str | None = flag(None, help="fid: folder of real images (the paper: 10 000 FFHQ)")
+    hopenet: str | None = flag(None, help="pose: also Hopenet (hopenet_robust_alpha1.pkl) besides the PnP pose")
     device: str = "cpu"
 
 
@@ -151,10 +155,10 @@ class Face:
 
 
 class FaceFinder:
-    """Detection + alignment + mesh + PnP pose: generate.py's `FaceAnalyzer`, without fallback."""
+    """Detection + alignment + mesh + PnP pose: generation's `FaceAnalyzer`, without fallback."""
 
     def __init__(self) -> None:
-        from denseface.generate import FaceAnalyzer
+        from denseface.generation.face_region import FaceAnalyzer
 
         self.analyzer = FaceAnalyzer()
 
@@ -279,7 +283,7 @@ class FidScorer:
         if len(images) < 2:
             return float("nan")
         if not self._real_done:
-            from denseface.generate import load_photo
+            from denseface.generation.face_region import load_photo
 
             for chunk in _chunks(self.reference, 64):
                 self._update([load_photo(p) for p in chunk], real=True)

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.bench, pytest.mark.skipif(not torch.cuda.is_available(
 
 
 def test_seconds_per_personalized_image_at_512():
-    from denseface.generate import UNTRAINED_CONFIG, DenseFaceGenerator, FaceRegion, square_quad
+    from denseface.generation.face_region import FaceRegion, square_quad
+    from denseface.generation.pipeline import UNTRAINED_CONFIG, DenseFaceGenerator
     from denseface.model.dense_face import DenseFace
     from denseface.model.tiny_sd import build_random_sd21
 

@@ -1,17 +1,14 @@
-"""Dense-Face inference (paper §3.6, Fig. 7; DESIGN.md §6, last bullet).
+"""Dense-Face inference (paper §3.6, Fig. 7; DESIGN.md §6, last bullet): `DenseFaceGenerator` runs
+it, `DenseFacePipeline` holds its parts as one diffusers pipeline.
 
-Text mode (``denseface generate --prompt P --reference ID_PHOTO``):
+Text mode (``prompt``, ``reference``):
 
 1. **G1** (text-editing mode = plain Stable Diffusion) draws the base image from the prompt:
-   DDIM, 25 steps by default, classifier-free guidance, a seeded generator. The loop is the
-   one of diffusers' ``StableDiffusionPipeline`` step for step (a test holds them equal).
-2. **Face region** of the base image, with the dataset's own code (`denseface.annotators`):
-   BlazeFace detection and FFHQ alignment give the crop (the model's resolution, 512 for SD
-   2.1-base, 64 for the tiny model); the face mesh runs on the same quad cut at the dataset's
-   512 px, and gives the head pose (PnP, `head_pose.pose_from_landmarks`, as the dataset's
-   default backend) -> the pose image (`pose_image.draw_pose_axes`, as the trainer), and the
-   face mask (mesh silhouette, dilated). Downsampled to the latent grid, a latent cell is
-   "face" when any of its pixels is.
+   DDIM (`sampler_settings`: the model's steps and guidance, else 25 / 7.5), classifier-free
+   guidance, a seeded generator. The loop is the one of diffusers' ``StableDiffusionPipeline``
+   step for step (a test holds them equal).
+2. **Face region** of the base image (`denseface.generation.face_region`): crop, pose image and
+   face mask at the model's resolution; the latent mask from the mask.
 3. **G2** (face-generation mode) repaints the face with latent blending (Fig. 7):
    ``z_bg = E(crop)`` (the VAE posterior mean), ``c_id`` = identity embedding of the
    reference photo, ``z = noise(z_bg, t_first)``; each DDIM step ``z_fg = denoise(z, c, c_id,
@@ -19,13 +16,10 @@ Text mode (``denseface generate --prompt P --reference ID_PHOTO``):
    timestep), ``z = z_fg * m + z_bg_t * (1 - m)`` with the binary latent mask ``m``. The last
    step's "next timestep" is the clean end of the chain, where ``noise(z_bg, .) = z_bg``, so
    outside the mask the final latent IS ``E(crop)``, bit for bit.
-4. **Paste back**: the decoded crop is warped back with the inverse of the alignment
-   (``cv2.invertAffineTransform`` + ``warpAffine``) and blended into the base image with a
-   feathered copy of the face mask (eroded, Gaussian-blurred, and never reaching beyond the
-   repainted latent cells). Pixels the mask does not reach keep the base image's values exactly.
+4. **Paste back** (`denseface.generation.face_region.paste_back`) into the base image.
 
-Face swap (``--target PHOTO``): steps 2-4 on the user's photo instead of the G1 base image,
-with the reference's identity.
+Face swap (``target``): steps 2-4 on the user's photo instead of the G1 base image, with the
+reference's identity.
 
 Identity: the reference photo goes through the dataset's stages (decode, detect + align at
 512, restore, face mesh, identity), so ``c_id`` is computed exactly as the training ``id.npy``.
@@ -34,236 +28,62 @@ The backend is the one the model was trained with, as the trainer recorded it (`
 model that records none needs ``--id-backend`` (`identity_backend_for`), never a guess from the
 dimension.
 
-Where no face is found: a base image drawn by the tiny offline model (64 px, random weights) is
-noise, and neither BlazeFace nor the face mesh finds a face in it. The base image's face region
-then falls back to a documented default: the centred square of `FALLBACK_SQUARE` of the shorter
-side as the crop, a neutral pose (0, 0, 0) and the ellipse `FALLBACK_ELLIPSE` as the mask; the
-result's ``notes`` (printed by the CLI, and logged) say so. With real SD 2.1 the detector is
-used. ``face_box`` (``--face-box x0,y0,x1,y1``) gives the region explicitly instead (a square of
-`BOX_TO_CROP` times the box's longer side, centred on it; the mesh still gives pose and mask
-when it finds the face). A face-swap target without a detectable face is an error (unless
-``face_box`` is given): repainting a guessed square of a user's photo would be silent damage.
+Why a diffusers pipeline: diffusers users expect ``Pipeline.from_pretrained(id_or_folder)``,
+``save_pretrained``, ``pipe.to("cuda")`` and ``pipe(prompt=...).images``. `DenseFacePipeline`
+registers the five SD parts as diffusers components (so diffusers saves, loads, downloads and
+caches them) and keeps the Dense-Face modules beside them in ``dense_face/``
+(`DenseFace.save_trained`: the trained modules only, with the config that records the identity
+backend they were trained with); it only holds the parts and speaks the diffusers calling
+convention, `DenseFaceGenerator` does the work. ``model_index.json`` names the class, not its
+Python module, so folders saved before the class moved here load the same.
+
+Folder layout (``save_pretrained``)::
+
+    model_index.json            _class_name DenseFacePipeline + the SD components
+    unet/ vae/ text_encoder/ tokenizer/ scheduler/
+    dense_face/dense_face.safetensors, dense_face/dense_face.json
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
 
-from denseface.annotators.base import Item, Reject
-from denseface.annotators.decode import decode_image
-from denseface.annotators.detect_align import FaceDetector, choose_face
-from denseface.geometry.align import crop_transform, ffhq_quad, warp_face
+from denseface.annotators.base import Item
 from denseface.config import BuildConfig, StageConfig
+from denseface.generation.config import sampler_settings
+from denseface.generation.face_region import (
+    FEATHER, MASK_DILATE, FaceAnalyzer, FaceRegion, feather_alpha, latent_mask_from, load_photo, paste_back,
+)
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
-from denseface.model.tiny_sd import SDComponents
+from denseface.model.tiny_sd import SDComponents, build_tiny_sd, resolve_sd
+from denseface.model_refs import offline, require
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 7.5
-
-
-def sampler_defaults(config: DenseFaceConfig) -> tuple[int, float]:
-    """(steps, guidance) a model asks for (an imported release records DDIM 50, CFG 4), else the defaults."""
-    sampler = config.extra.get("sampler", {})
-    return int(sampler.get("steps", DEFAULT_STEPS)), float(sampler.get("guidance", DEFAULT_GUIDANCE))
-ANALYSIS_SIZE = 512  # the dataset's crop size: the face mesh and the pose run at this size
-FALLBACK_SQUARE = 0.75  # fallback crop: centred square, this fraction of the shorter side
-FALLBACK_ELLIPSE = (0.5, 0.55, 0.30, 0.38)  # fallback mask: centre x, y, semi-axes x, y (crop fractions)
-BOX_TO_CROP = 1.5  # --face-box: crop side / box side (BlazeFace box vs FFHQ quad on the sample)
-MASK_DILATE = 0.02  # face mask dilation radius, fraction of the crop side
-FEATHER = 0.04  # paste-back feather radius, fraction of the crop side
 SWAP_PROMPT = "a photo of a face"
 PANEL_GAP = 4  # white pixels between the panels of the side-by-side picture
 PANEL_MIN_HEIGHT = 256  # small (tiny-model) panels are enlarged, nearest-neighbour, to this
 PANEL_MAX_HEIGHT = 768  # and large photos shrunk to this
+DENSE_FACE_FOLDER = "dense_face"
+Photo = str | os.PathLike | np.ndarray | Image.Image
 
 # The untrained Dense-Face put on the tiny model: small new modules, dlib identity (128-d).
 TINY_CONFIG = DenseFaceConfig(id_dim=128, id_hidden=64, head_hidden=16, pose_embed_channels=(8, 16, 16, 32),
                               extra={"id_backend": "dlib"})
 # The untrained Dense-Face put on a real SD without --weights (a smoke run only: G2 is untrained).
 UNTRAINED_CONFIG = DenseFaceConfig(id_dim=128, extra={"id_backend": "dlib"})
-
-
-# ---- face region -----------------------------------------------------------------------------
-
-@dataclass
-class FaceRegion:
-    """Where the face of an image is, cut at the model's resolution, and its conditions."""
-
-    source: str  # "detected" | "box" | "fallback"
-    quad: np.ndarray  # (4, 2) crop corners in the image: top-left, bottom-left, bottom-right, top-right
-    matrix: np.ndarray  # 2x3 affine, image pixels -> crop pixels
-    crop: np.ndarray  # (S, S, 3) uint8
-    mask: np.ndarray  # (S, S) bool face mask (dilated mesh silhouette, or the fallback ellipse)
-    yaw: float
-    pitch: float
-    roll: float
-    landmarks: np.ndarray | None = None  # (478, 3) in [0, 1] of the crop, None without a mesh
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return int(self.crop.shape[0])
-
-    def pose_image(self, geometry: dict | None = None) -> np.ndarray:
-        """The pose branch's condition, as the trainer draws it: (S, S, 3) RGB uint8. ``geometry``: a
-        model's own drawing (an imported release: axis length 100 and 4 px lines on a 256 canvas),
-        scaled to S; None: the trainer's."""
-        from denseface.geometry.pose_image import draw_pose_axes
-
-        if not geometry:
-            return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size)
-        scale = self.size / geometry["canvas"]
-        return draw_pose_axes(self.yaw, self.pitch, self.roll, size=self.size, length=geometry["axis_length"] * scale,
-                              thickness=max(1, round(geometry["line_width"] * scale)))
-
-
-def square_quad(cx: float, cy: float, side: float) -> np.ndarray:
-    """Axis-aligned square as an FFHQ-style quad (TL, BL, BR, TR)."""
-    h = side / 2.0
-    return np.array([[cx - h, cy - h], [cx - h, cy + h], [cx + h, cy + h], [cx + h, cy - h]], np.float64)
-
-
-def ellipse_mask(size: int, ellipse: tuple[float, float, float, float] = FALLBACK_ELLIPSE) -> np.ndarray:
-    """(size, size) bool filled ellipse given as crop fractions (cx, cy, ax, ay)."""
-    cx, cy, ax, ay = ellipse
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    return ((xx / size - cx) / ax) ** 2 + ((yy / size - cy) / ay) ** 2 <= 1.0
-
-
-def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
-def face_mask_from_landmarks(landmarks: np.ndarray, size: int, dilate: float = MASK_DILATE) -> np.ndarray:
-    """Mesh silhouette at ``size``, dilated by ``dilate`` x size pixels: (size, size) bool."""
-    from denseface.geometry.raster import silhouette
-
-    mask = silhouette(landmarks, size).astype(np.uint8)
-    r = int(round(dilate * size))
-    if r > 0:
-        mask = cv2.dilate(mask, _disk(r))
-    return mask.astype(bool)
-
-
-class FaceAnalyzer:
-    """Detection + alignment + face mesh + pose, the dataset's code; models load on first use."""
-
-    def __init__(self, build: BuildConfig | None = None) -> None:
-        self.build = build or BuildConfig(runner="local", workers=1)
-        self._detector: FaceDetector | None = None
-        self._mesh = None
-
-    @property
-    def detector(self) -> FaceDetector:
-        if self._detector is None:
-            self._detector = FaceDetector(self.build.min_face_score)
-        return self._detector
-
-    @property
-    def mesh(self):
-        if self._mesh is None:
-            from denseface.annotators.landmarks import FaceMesh
-
-            self._mesh = FaceMesh(self.build.min_face_score)
-        return self._mesh
-
-    def region(self, image: np.ndarray, size: int, face_box: Sequence[float] | None = None,
-               fallback: bool = True, mask_dilate: float = MASK_DILATE) -> FaceRegion:
-        """The face region of ``image`` cut at ``size`` (see the module docstring for the rules)."""
-        image = np.ascontiguousarray(image)
-        h, w = image.shape[:2]
-        notes: list[str] = []
-        if face_box is not None:
-            x0, y0, x1, y1 = (float(v) for v in face_box)
-            if not (x1 > x0 and y1 > y0):
-                raise ValueError(f"face box must be x0,y0,x1,y1 with x1 > x0 and y1 > y0, got {face_box}")
-            quad = square_quad((x0 + x1) / 2, (y0 + y1) / 2, BOX_TO_CROP * max(x1 - x0, y1 - y0))
-            source = "box"
-        else:
-            try:
-                face = choose_face(self.detector(image), self.build.min_face_px, self.build.multi_face_area_ratio)
-                quad = ffhq_quad(face.eye_left, face.eye_right, face.mouth)
-                source = "detected"
-            except Reject as exc:
-                if not fallback:
-                    raise ValueError(f"no usable face in the image ({exc}); give its box with face_box / --face-box")
-                side = FALLBACK_SQUARE * min(h, w)
-                quad = square_quad(w / 2, h / 2, side)
-                source = "fallback"
-                notes.append(f"no usable face in the base image ({exc}): using the default face region, the centred "
-                             f"{side:.0f} px square ({FALLBACK_SQUARE:.0%} of the shorter side), neutral pose (0, 0, 0) "
-                             f"and the default elliptical mask")
-        matrix = crop_transform(quad, size)
-        crop = warp_face(image, matrix, size)
-        landmarks = None
-        if source != "fallback":
-            analysis = warp_face(image, crop_transform(quad, ANALYSIS_SIZE), ANALYSIS_SIZE)
-            landmarks = self.mesh(analysis)
-            if landmarks is None:
-                notes.append(f"face mesh found no face in the {source} face region: neutral pose (0, 0, 0) "
-                             f"and the default elliptical mask")
-        if landmarks is not None:
-            from denseface.geometry.pose import pose_from_landmarks
-
-            yaw, pitch, roll = pose_from_landmarks(landmarks, ANALYSIS_SIZE)
-            mask = face_mask_from_landmarks(landmarks, size, mask_dilate)
-        else:
-            yaw = pitch = roll = 0.0
-            mask = ellipse_mask(size)
-        for note in notes:
-            log.info(note)  # also in the result's notes, which the CLI prints
-        return FaceRegion(source, quad, matrix, crop, mask, float(yaw), float(pitch), float(roll), landmarks, notes)
-
-
-def latent_mask_from(mask: np.ndarray, latent_hw: tuple[int, int]) -> np.ndarray:
-    """Binary latent mask: a latent cell is face when any pixel under it is (area coverage > 0)."""
-    cover = cv2.resize(mask.astype(np.float32), (latent_hw[1], latent_hw[0]), interpolation=cv2.INTER_AREA)
-    return cover > 0
-
-
-def feather_alpha(mask: np.ndarray, latent_mask: np.ndarray | None = None, feather: float = FEATHER) -> np.ndarray:
-    """Paste-back weights in crop space, float32 in [0, 1]: the mask eroded by r = feather x size and
-    blurred (sigma r / 2), so it fades out about where the mask ends; zero outside ``latent_mask``
-    (the repainted cells) when given, so nothing but repainted pixels is pasted."""
-    size = mask.shape[0]
-    r = max(1, int(round(feather * size)))
-    inner = cv2.erode(mask.astype(np.uint8), _disk(r)).astype(np.float32)
-    alpha = cv2.GaussianBlur(inner, (0, 0), sigmaX=r / 2.0, borderType=cv2.BORDER_CONSTANT)
-    if latent_mask is not None:
-        alpha *= cv2.resize(latent_mask.astype(np.float32), (mask.shape[1], mask.shape[0]),
-                            interpolation=cv2.INTER_NEAREST)
-    return np.clip(alpha, 0.0, 1.0)
-
-
-def paste_back(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Warp ``crop`` (and its weights ``alpha``) back into ``image`` with the inverse of ``matrix``
-    (image -> crop) and blend. Same size as ``image``; where the warped alpha is 0 the pixels are
-    ``image``'s, exactly."""
-    h, w = image.shape[:2]
-    inv = cv2.invertAffineTransform(np.asarray(matrix, np.float64))
-    back = cv2.warpAffine(crop.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    a = cv2.warpAffine(alpha.astype(np.float32), inv, (w, h), flags=cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    a = np.clip(a, 0.0, 1.0)[..., None]
-    out = image.astype(np.float32)
-    touched = a[..., 0] > 0
-    out[touched] = (a * back + (1.0 - a) * out)[touched]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 # ---- identity ----------------------------------------------------------------------------------
@@ -288,17 +108,6 @@ def identity_backend_for(config: DenseFaceConfig, requested: str | None = None) 
                else "does not record the identity backend it was trained with")
         raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); give it with --id-backend dlib|arcface|irse50")
     return requested
-
-
-def load_photo(photo: str | Path | np.ndarray, build: BuildConfig | None = None) -> np.ndarray:
-    """RGB uint8 of a path (decoded as the dataset decodes) or of an array (returned as is)."""
-    if isinstance(photo, np.ndarray):
-        return np.ascontiguousarray(photo[..., :3])
-    b = build or BuildConfig(runner="local", workers=1)
-    try:
-        return decode_image(str(photo), b.max_file_bytes, b.max_pixels, b.min_side)[0]
-    except Reject as exc:
-        raise ValueError(f"{photo}: {exc}") from None
 
 
 class IdentityEncoder:
@@ -424,12 +233,10 @@ class DenseFaceGenerator:
              device: str | torch.device | None = None, dtype: torch.dtype | None = None,
              id_backend: str | None = None, id_weights: str | None = None,
              build: BuildConfig | None = None) -> "DenseFaceGenerator":
-        """As `denseface.pipeline.DenseFacePipeline.load`: ``pretrained`` None = the tiny offline SD
+        """As `DenseFacePipeline.load`: ``pretrained`` None = the tiny offline SD
         (built from ``seed``), else a diffusers SD folder or hub id (or a saved DenseFacePipeline);
         ``weights``: a `DenseFace.save_trained` folder; None: the pipeline folder's own, else an
         untrained Dense-Face (`TINY_CONFIG` / `UNTRAINED_CONFIG`), which only exercises the pipeline."""
-        from denseface.pipeline import DenseFacePipeline
-
         pipe = DenseFacePipeline.load(pretrained, weights, seed=seed, device=device, dtype=dtype,
                                       id_backend=id_backend, id_weights=id_weights)
         return cls(pipe.sd_components(), pipe.dense_face, id_backend, id_weights, build)
@@ -467,6 +274,10 @@ class DenseFaceGenerator:
         uncond = m.encode_text([m.prompt_for(negative_prompt, identity=False)]).to(dtype) if cfg else None
         return cond, uncond
 
+    def sampler(self, steps: int | None = None, guidance: float | None = None) -> tuple[int, float]:
+        """(steps, guidance) a run uses: the given ones, else the model's (`sampler_settings`)."""
+        return sampler_settings(self.model.config, steps, guidance)
+
     def _cfg(self, guidance: float) -> bool:
         return guidance > 1.0 and self.sd.unet.config.time_cond_proj_dim is None
 
@@ -491,13 +302,14 @@ class DenseFaceGenerator:
 
     # ---- G1 ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def text_to_image(self, prompt: str, negative_prompt: str = "", steps: int = DEFAULT_STEPS,
-                      guidance: float = DEFAULT_GUIDANCE, seed: int | None = 0,
+    def text_to_image(self, prompt: str, negative_prompt: str = "", steps: int | None = None,
+                      guidance: float | None = None, seed: int | None = 0,
                       generator: torch.Generator | None = None, height: int | None = None,
                       width: int | None = None, output: str = "uint8") -> np.ndarray:
         """G1: the base image (H, W, 3), uint8 or (``output="float"``) float32 in [0, 1];
         StableDiffusionPipeline's loop (DDIM with the model's eta, 0 unless it records one; CFG with
-        ``negative_prompt``)."""
+        ``negative_prompt``); ``steps`` / ``guidance`` None: the model's (`sampler`)."""
+        steps, guidance = self.sampler(steps, guidance)
         height, width = height or self.native_size, width or self.native_size
         if height % self.vae_scale or width % self.vae_scale:
             raise ValueError(f"image size must be a multiple of {self.vae_scale}, got {width}x{height}")
@@ -525,7 +337,7 @@ class DenseFaceGenerator:
     # ---- G2 ---------------------------------------------------------------------------------
     @torch.no_grad()
     def repaint(self, region: FaceRegion, id_embedding: np.ndarray, prompt: str, negative_prompt: str = "",
-                steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, seed: int | None = 0,
+                steps: int | None = None, guidance: float | None = None, seed: int | None = 0,
                 generator: torch.Generator | None = None, strength: float = 1.0,
                 ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, np.ndarray]:
         """G2 with latent blending on the region's crop: (face crop uint8, z0, z_bg_init, latent mask).
@@ -534,6 +346,7 @@ class DenseFaceGenerator:
         The unconditional CFG branch is the plain negative prompt (no identity token) with the same pose."""
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        steps, guidance = self.sampler(steps, guidance)
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         cfg = self._cfg(guidance)
@@ -568,13 +381,14 @@ class DenseFaceGenerator:
     # ---- the whole pipeline ------------------------------------------------------------------
     def generate(self, reference: str | Path | np.ndarray, prompt: str | None = None,
                  target: str | Path | np.ndarray | None = None, negative_prompt: str = "",
-                 steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+                 steps: int | None = None, guidance: float | None = None, seed: int = 0,
                  size: int | None = None, face_box: Sequence[float] | None = None, strength: float = 1.0,
                  crop_size: int | None = None, mask_dilate: float = MASK_DILATE,
                  feather: float = FEATHER, generator: torch.Generator | None = None) -> GenerationResult:
         """Text mode (``target`` None: G1 base image from ``prompt``) or face swap (``target``
         photo); then face region, G2 latent blending with ``reference``'s identity, paste back.
-        ``generator`` (default: seeded with ``seed``) drives G1 and then G2."""
+        ``generator`` (default: seeded with ``seed``) drives G1 and then G2; ``steps`` / ``guidance``
+        None: the model's (`sampler`)."""
         timings: dict[str, float] = {}
         tic = time.perf_counter()
 
@@ -611,60 +425,167 @@ class DenseFaceGenerator:
         return GenerationResult(base, region, face, final, lmask, z0, z_bg_init, id_emb, mode, timings)
 
 
-# ---- command line ------------------------------------------------------------------------------
+# ---- the diffusers pipeline -------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> int:
-    """``denseface generate`` (options in denseface/cli.py): `DenseFacePipeline` on the command line,
-    after the weights check; returns the exit status."""
-    from denseface.model_refs import require
-    from denseface.pipeline import DenseFacePipeline
-    from denseface.weights_check import generate_needs
+@dataclass
+class DenseFacePipelineOutput(BaseOutput):
+    """``images``: the final images (PIL list, or (B, H, W, 3) float32 in [0, 1] for ``output_type="np"``);
+    ``results``: everything else of each run (base image, face region, mask, latents, notes, timings)."""
 
-    if args.target is None and not args.prompt:
-        print("error: --prompt is required without --target", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
+    images: list[Image.Image] | np.ndarray
+    results: list[GenerationResult]
+
+
+def as_photo(photo: Photo) -> str | Path | np.ndarray:
+    """A path (decoded as the dataset decodes) or an RGB array; PIL images become arrays."""
+    if isinstance(photo, Image.Image):
+        return np.asarray(photo.convert("RGB"))
+    return photo
+
+
+class DenseFacePipeline(DiffusionPipeline):
+    """SD components (diffusers-registered) + ``dense_face`` (`DenseFace`) + identity settings."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler) -> None:
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.dense_face: DenseFace | None = None
+        self.id_backend: str | None = None  # None: the one the model records
+        self.id_weights: str | None = None
+        self._generator: DenseFaceGenerator | None = None
+
+    # ---- building ---------------------------------------------------------------------------
+    def sd_components(self) -> SDComponents:
+        return SDComponents(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                            scheduler=self.scheduler)
+
+    def set_dense_face(self, model: DenseFace, id_backend: str | None = None, id_weights: str | None = None) -> None:
+        """Attach the Dense-Face modules (built on this pipeline's UNet) and the identity settings."""
+        self.dense_face = model.eval()
+        self.id_backend, self.id_weights = id_backend, id_weights
+        self._generator = None
+        self.generator()  # an identity backend the model was not trained with fails here, not mid-run
+
+    @classmethod
+    def from_sd(cls, sd: SDComponents, dense_face: DenseFace | None = None, **identity: Any) -> "DenseFacePipeline":
+        """From loaded SD parts; ``dense_face`` None: an untrained Dense-Face (a pipeline smoke run)."""
+        pipe = cls(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                   scheduler=sd.scheduler)
+        pipe.set_dense_face(dense_face or _untrained(sd, UNTRAINED_CONFIG), **identity)
+        return pipe
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, dense_face: str | Path | None = None,
+                        id_backend: str | None = None, id_weights: str | None = None,
+                        **kwargs: Any) -> "DenseFacePipeline":
+        """A `save_pretrained` folder or hub id[@revision] (SD + ``dense_face/``), or any SD 2.x in
+        diffusers layout with ``dense_face`` = a trained folder (`DenseFace.save_trained`, e.g. a
+        training checkpoint). Neither: untrained modules, with a warning. Missing models fail first,
+        in one line each (offline: not in the Hugging Face cache)."""
+        resolved = resolve_sd(pretrained_model_name_or_path)
+        require([resolved])
+        source, kw = resolved.pretrained_args()
+        pipe = super().from_pretrained(source, **{**kw, **kwargs})
+        folder = Path(dense_face) if dense_face is not None else bundled_dense_face(source, kw)
+        sd = pipe.sd_components()
+        model = DenseFace.from_trained(sd, folder) if folder is not None else _untrained(sd, UNTRAINED_CONFIG)
+        model.trainable_modules().to(pipe.unet.device)
+        pipe.set_dense_face(model, id_backend, id_weights or bundled_id_weights(folder, model.config))
+        return pipe
+
+    @classmethod
+    def load(cls, pretrained: str | os.PathLike | None = None, weights: str | Path | None = None, *, seed: int = 0,
+             device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+             **identity: Any) -> "DenseFacePipeline":
+        """What ``denseface generate`` runs: ``pretrained`` None = the tiny offline SD built from
+        ``seed`` (its untrained Dense-Face is `TINY_CONFIG`); else `from_pretrained`."""
+        if pretrained is None:
+            sd = build_tiny_sd(seed)
+            model = DenseFace.from_trained(sd, weights) if weights is not None else _untrained(sd, TINY_CONFIG)
+            pipe = cls.from_sd(sd, model, **identity)
+        else:
+            pipe = cls.from_pretrained(pretrained, dense_face=weights, **identity,
+                                       **({"torch_dtype": dtype} if dtype is not None else {}))
+        pipe.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        if dtype is not None:
+            pipe.dense_face.trainable_modules().to(dtype)
+        return pipe
+
+    def to(self, *args: Any, **kwargs: Any) -> "DenseFacePipeline":
+        """diffusers' ``to`` for the SD parts, and the Dense-Face modules follow the UNet's device."""
+        super().to(*args, **kwargs)
+        if self.dense_face is not None:
+            self.dense_face.trainable_modules().to(self.unet.device)
+        return self
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """The SD components as diffusers writes them, plus ``dense_face/`` (written first, so a
+        ``push_to_hub`` upload holds it)."""
+        if self.dense_face is None:
+            raise ValueError("no Dense-Face modules to save: call set_dense_face first")
+        self.dense_face.save_trained(Path(save_directory) / DENSE_FACE_FOLDER)
+        super().save_pretrained(save_directory, **kwargs)
+
+    # ---- inference --------------------------------------------------------------------------
+    def generator(self) -> DenseFaceGenerator:
+        if self._generator is None:
+            if self.dense_face is None:
+                raise ValueError("no Dense-Face modules: call set_dense_face first")
+            self._generator = DenseFaceGenerator(self.sd_components(), self.dense_face, self.id_backend,
+                                                 self.id_weights)
+        return self._generator
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | None = None, reference_image: Photo | None = None,
+                 target_image: Photo | None = None, negative_prompt: str = "",
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, height: int | None = None, strength: float = 1.0,
+                 face_box: Sequence[float] | None = None, output_type: str = "pil",
+                 return_dict: bool = True) -> DenseFacePipelineOutput | tuple:
+        """Text mode (``target_image`` None: G1 base image from ``prompt``, ``height`` px square)
+        or face swap (the face of ``target_image``), repainted with ``reference_image``'s identity.
+        ``generator`` seeds both G1 and G2 (None: seed 0); ``num_inference_steps`` / ``guidance_scale``
+        None: the model's (`sampler_settings`)."""
+        if reference_image is None:
+            raise ValueError("reference_image is required: a photo of the identity to generate")
+        res = self.generator().generate(
+            as_photo(reference_image), prompt, target=None if target_image is None else as_photo(target_image),
+            negative_prompt=negative_prompt, steps=num_inference_steps, guidance=guidance_scale,
+            generator=generator, size=height, face_box=face_box, strength=strength)
+        if output_type == "pil":
+            images: list[Image.Image] | np.ndarray = [Image.fromarray(res.final)]
+        elif output_type == "np":
+            images = res.final[None].astype(np.float32) / 255.0
+        else:
+            raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        return DenseFacePipelineOutput(images=images, results=[res]) if return_dict else (images, [res])
+
+
+def _untrained(sd: SDComponents, config) -> DenseFace:
+    log.warning("no Dense-Face weights given: G2 runs untrained modules (a pipeline smoke run)")
+    return DenseFace.from_sd(sd, config)
+
+
+def bundled_id_weights(folder: Path | None, config) -> str | None:
+    """The identity weights a Dense-Face folder carries (`extra.id_weights`, a file name inside it: the
+    imported release's IR-SE50), or None."""
+    name = config.extra.get("id_weights") if folder is not None else None
+    return str(Path(folder) / name) if name and (Path(folder) / name).is_file() else None
+
+
+def bundled_dense_face(source: str, kwargs: dict[str, Any]) -> Path | None:
+    """The ``dense_face/`` folder of a saved pipeline (local, or the hub's through its cache), or None."""
+    local = Path(source) / DENSE_FACE_FOLDER
+    if Path(source).is_dir():
+        return local if local.is_dir() else None
+    from huggingface_hub import snapshot_download
+
     try:
-        require(generate_needs(args.pretrained, args.weights, args.id_backend, args.id_weights))
-        pipe = DenseFacePipeline.load(args.pretrained, args.weights, seed=args.seed, device=args.device,
-                                      dtype=torch.float16 if args.fp16 else None, id_backend=args.id_backend,
-                                      id_weights=args.id_weights)
-        t_load = time.perf_counter() - t0
-        steps, guidance = sampler_defaults(pipe.dense_face.config)
-        args.steps, args.guidance = args.steps or steps, args.guidance if args.guidance is not None else guidance
-        res = pipe(prompt=args.prompt, reference_image=args.reference, target_image=args.target,
-                   negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                   generator=torch.Generator().manual_seed(args.seed), height=args.size, strength=args.strength,
-                   face_box=args.face_box).results[0]
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    gen = pipe.generator()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    Image.fromarray(res.final).save(out)
-    panels = out.with_name(out.stem + "_panels.png")
-    Image.fromarray(side_by_side(res.panels())).save(panels)
-    info = {
-        "mode": res.mode, "prompt": args.prompt or SWAP_PROMPT, "negative_prompt": args.negative_prompt,
-        "reference": str(args.reference), "target": str(args.target) if args.target else None,
-        "model": str(args.pretrained) if args.pretrained else "tiny (offline, random weights)",
-        "weights": str(args.weights) if args.weights else None, "id_backend": gen.id_backend,
-        "steps": args.steps, "guidance": args.guidance, "seed": args.seed, "strength": args.strength,
-        "image_size": list(res.final.shape[:2]), "crop_size": res.region.size, "face_source": res.region.source,
-        "pose": {"yaw": res.region.yaw, "pitch": res.region.pitch, "roll": res.region.roll},
-        "notes": res.notes, "timings_s": {"load": round(t_load, 3), **res.timings,
-                                           "total": round(time.perf_counter() - t0, 3)},
-    }
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
-    for note in res.notes:
-        print(f"note: {note}")
-    print(f"face region: {res.region.source}, pose yaw {res.region.yaw:.1f} pitch {res.region.pitch:.1f} "
-          f"roll {res.region.roll:.1f}, id backend {gen.id_backend}")
-    print(f"final:  {out} ({res.final.shape[1]}x{res.final.shape[0]})")
-    print(f"panels: {panels} (base | crop | mask | final)")
-    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in info["timings_s"].items()))
-    return 0
+        root = snapshot_download(source, revision=kwargs.get("revision"), cache_dir=kwargs.get("cache_dir"),
+                                 allow_patterns=[f"{DENSE_FACE_FOLDER}/*"], local_files_only=offline())
+    except Exception:  # noqa: BLE001 - a plain SD repo has no dense_face/: untrained modules
+        return None
+    folder = Path(root) / DENSE_FACE_FOLDER
+    return folder if folder.is_dir() else None
