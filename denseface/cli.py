@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from denseface.config import BuildConfig, add_flags, flag_values, load_config, load_model_config
 from denseface.errors import UserError
+from denseface.generation.config import GenerateConfig
 from denseface.train.config import TrainConfig
 
 # OSErrors that are the user's to fix: missing paths (2) and unwritable output (3).
@@ -120,8 +121,7 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from denseface.config import flag_values, load_model_config
-    from denseface.generation.config import GenerateConfig, sampler_settings
+    from denseface.generation.config import sampler_settings
     from denseface.generation.pipeline import SWAP_PROMPT, DenseFacePipeline, side_by_side
     from denseface.model_refs import require
     from denseface.weights_check import generate_needs
@@ -204,7 +204,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Generate and score (`denseface.evaluate.runner.evaluate`); the overall table and the outputs' paths."""
     import torch
 
-    from denseface.config import flag_values, load_model_config
     from denseface.evaluate.config import EvaluateConfig
     from denseface.evaluate.runner import ALL, evaluate
     from denseface.evaluate.scorers import ModelRefs
@@ -225,17 +224,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     for k in ("summary", "per_image", "json", "report"):
         print(f"{k + ':':11s}{res[k]}")
     return 0
-
-
-def add_evaluate_parser(sub) -> None:
-    from denseface.config import add_flags
-    from denseface.evaluate.config import EvaluateConfig
-    from denseface.evaluate.scorers import ModelRefs
-
-    e = sub.add_parser("evaluate", help="generate for held-out subjects and score them as the paper's section 4 does")
-    add_flags(e, EvaluateConfig)
-    add_flags(e, ModelRefs)
-    e.set_defaults(func=_evaluate)
 
 
 def _command(sub: argparse._SubParsersAction, name: str, handler: Callable[[argparse.Namespace], int], help: str,
@@ -297,12 +285,8 @@ def parser() -> argparse.ArgumentParser:
     wc.add_argument("--id-backend", choices=["dlib", "arcface", "irse50"], help="identity backend for generation")
     wc.add_argument("--id-weights", help="identity backend weights for generation (ArcFace .onnx)")
 
-    from denseface.config import add_flags
-    from denseface.generation.config import GenerateConfig
-
-    g = sub.add_parser("generate", help="G1 base image (or --target photo) + the reference's face by G2 latent blending")
-    add_flags(g, GenerateConfig)
-    g.set_defaults(func=_generate)
+    _command(sub, "generate", _generate, "G1 base image (or --target photo) + the reference's face by G2 latent "
+             "blending", GenerateConfig)
 
     o = _command(sub, "import-official", _import_official, "the released Dense-Face checkpoint (.ckpt/.safetensors) "
                  "as a DenseFacePipeline folder that `generate --pretrained` runs")
@@ -318,7 +302,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--synthetic", action="store_true",
                    help="first write a synthetic dataset (every member) into the single --data folder if it has "
                         "no shards: a demo that needs no annotation models")
-    add_evaluate_parser(sub)
+    from denseface.evaluate.config import EvaluateConfig  # the metric models' settings import torch
+    from denseface.evaluate.scorers import ModelRefs
+
+    e = _command(sub, "evaluate", _evaluate, "generate for held-out subjects and score them as the paper's section 4 "
+                 "does", EvaluateConfig)
+    add_flags(e, ModelRefs)
     return p
 
 
