@@ -2,7 +2,7 @@
 
 `tests/bench/test_gpu_bench.py` runs them on CUDA at SD-2.1-base shape (bf16, batch 8,
 512 px, full-size models of random weights: a step's cost does not depend on the values);
-`tests/test_gpu_bench_cpu.py` runs the very same code on the CPU with tiny shapes, so the
+`tests/bench/test_gpu_bench_cpu.py` runs the very same code on the CPU with tiny shapes, so the
 command is known to work before a GPU is lent. Every figure is measured in the same run as
 its baseline.
 

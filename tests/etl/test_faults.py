@@ -23,7 +23,7 @@ from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_celeba, read_release
 from denseface.shards.reader import read_manifest
 from denseface.shards.verify import verify_dataset
-from tests.test_build import _big_tree, _manifest_without_timings
+from tests.etl.test_build import _big_tree, _manifest_without_timings
 
 
 def _stage_worker_pids() -> list[int]:

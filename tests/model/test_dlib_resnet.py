@@ -8,7 +8,7 @@ import torch
 
 from denseface.annotators.identity import DLIB_RECOGNITION, dlib_weights_dir
 from denseface.model import dlib_resnet as dr
-from tests.test_identity import faces, fresh, identity_stage  # noqa: F401 - the shared face fixture
+from tests.annotators.test_identity import faces, fresh, identity_stage  # noqa: F401 - the shared face fixture
 
 WEIGHTS = dlib_weights_dir(None) / DLIB_RECOGNITION
 

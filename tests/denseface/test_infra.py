@@ -14,7 +14,7 @@ from denseface.etl.build import build_dataset
 from denseface.shards.reader import read_manifest
 from denseface.shards.verify import verify_dataset
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 PYPROJECT = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())
 
 

@@ -21,8 +21,8 @@ from denseface.evaluate.scorers import (ClipEncoder, DinoEncoder, FaceFinder, Fi
                                         LpipsScorer, ModelRefs, hf_load, parse_metrics)
 from denseface.generation.face_region import load_photo
 from denseface.model import adaface, inception, lpips
-from tests.test_captions import IMG, save_clip
-from tests.test_identity import tiny_arcface
+from tests.annotators.test_captions import IMG, save_clip
+from tests.annotators.test_identity import tiny_arcface
 
 # ---------------------------------------------------------------------------------- tiny models
 

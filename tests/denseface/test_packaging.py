@@ -7,7 +7,7 @@ from pathlib import Path
 
 import mediapipe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mediapipe_is_a_0_10_wheel_with_face_models():
