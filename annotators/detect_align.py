@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.annotators.face_detectors import DLIB_CNN, DLIB_SHAPE_68, Face, FaceDetector, dlib_models
+from denseface.annotators.head_pose import HeadPose
 from denseface.annotators.identity import dlib_weights_dir
 from denseface.annotators.landmarks import FaceMesh
 from denseface.geometry.align import (crop_transform, ffhq_quad, loose_view, mesh_keypoints, pad_fraction,
@@ -39,8 +40,9 @@ class DetectAlign(Stage):
     """Options: ``keep_roll`` (default false) aligns without levelling the eyes, so the crop
     and the crop-frame pose keep the photo's roll (`upright_quad`).
 
-    Leaves ``item.scratch["loose_view"]`` (`loose_view`) for Hopenet, which must see the
-    unrotated face as in its training, not the levelled crop."""
+    Leaves ``item.scratch["loose_view"]`` (`loose_view`) when the head_pose stage runs
+    Hopenet, which must see the unrotated face as in its training, not the levelled crop
+    (no other stage uses it)."""
 
     name = "detect_align"
     version = "2"
@@ -65,6 +67,7 @@ class DetectAlign(Stage):
     def setup(self) -> None:
         self._detector = FaceDetector(self.build.min_face_score)
         self._mesh = FaceMesh(self.build.min_face_score)
+        self._loose_view = HeadPose.resolve_backend(self.build.stage(HeadPose.name).backend) == "hopenet"
 
     def process_one(self, item: Item) -> None:
         faces = self._detector(item.image)
@@ -78,7 +81,8 @@ class DetectAlign(Stage):
         quad = ffhq_quad(*keypoints)
         matrix = crop_transform(upright_quad(quad) if self.conf.options.get("keep_roll") else quad, size)
         h, w = item.image.shape[:2]
-        item.scratch["loose_view"] = loose_view(item.image, face.box)
+        if self._loose_view:
+            item.scratch["loose_view"] = loose_view(item.image, face.box)
         item.image = warp_face(item.image, matrix, size)
         scale = item.fields.get("decode_scale", 1.0)  # decoded = scale x source pixels
         item.fields.update(detector=face.detector, n_faces=len(faces), face_score=round(face.score, 4),

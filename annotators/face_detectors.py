@@ -221,7 +221,7 @@ class FaceDetector:
             faces = [order_eyes(face_to_source(replace(f, detector=name), compose(to_copy, to_small)))
                      for f in detect(copy)]
             if faces:
-                return [level(f, detect, rgb) for f in faces]
+                return [level(f, detect, small, to_small) for f in faces]
         copy, to_copy = scaled_copy(rgb, DETECT_MAX_SIDE, DLIB_MIN_SIDE)
         return [order_eyes(face_to_source(f, to_copy)) for f in self.dlib(copy)]
 
@@ -238,14 +238,15 @@ def eye_roll(face: Face) -> float:
     return float(np.degrees(np.arctan2(dy, dx)))
 
 
-def level(face: Face, detect: Callable[[np.ndarray], list[Face]], rgb: np.ndarray) -> Face:
+def level(face: Face, detect: Callable[[np.ndarray], list[Face]], small: np.ndarray,
+          to_small: np.ndarray) -> Face:
     """``face`` with its keypoints from a copy rotated to level it, when it is rolled by more
     than ``LEVEL_ABOVE`` degrees and ``detect`` finds it there (the face whose eye centre is
-    nearest, within one eye distance); else ``face`` as it is."""
+    nearest, within one eye distance); else ``face`` as it is. ``small``, ``to_small``: the
+    cascade's `scaled_copy` of the photo, which is rotated (not scaled again)."""
     roll = eye_roll(face)
     if abs(roll) <= LEVEL_ABOVE:
         return face
-    small, to_small = scaled_copy(rgb)
     copy, to_copy = rotated_copy(small, roll)
     m = compose(to_copy, to_small)
     centre = (face.eye_left + face.eye_right) / 2

@@ -24,10 +24,13 @@ def rasterize(landmarks: np.ndarray, size: int = 512,
     from the landmarks' z, and the triangle's index in ``triangles``.
 
     A vectorised scanline rasteriser: one entry per (triangle, row) gives an exact x span,
-    so no bounding-box candidates are tested (~3 ms for a 512 px face). Edges are inclusive
-    and both triangles of a shared edge evaluate it from the same canonically ordered end
-    points, so the union has no seams; overlapping triangles (a fold of the mesh in a
-    profile view) repeat a pixel, and callers keep the nearest.
+    so no bounding-box candidates are tested. Edges are inclusive and both triangles of a
+    shared edge evaluate it from the same canonically ordered end points, so the union has
+    no seams; overlapping triangles (a fold of the mesh in a profile view) repeat a pixel,
+    and callers keep the nearest. Per-triangle values reach the rows and pixels by
+    ``np.repeat`` (not gathers) and the edges are kept as (3, n) planes, since numpy reduces
+    a short leading axis far faster than a trailing one of length 3: ~0.8 ms for a 512 px
+    face, the same arrays, bit for bit, as the (n, 3) formulation that took ~2.5 ms.
     """
     p = np.asarray(landmarks, np.float64)
     v = (p[:, :2] * size - 0.5)[triangles]  # (T, 3, 2); pixel (r, c) has its centre at (c, r)
@@ -43,23 +46,27 @@ def rasterize(landmarks: np.ndarray, size: int = 512,
     r0 = np.clip(np.ceil(v[..., 1].min(1)), 0, size).astype(np.int64)
     r1 = np.clip(np.floor(v[..., 1].max(1)), -1, size - 1).astype(np.int64)
     nrow = np.where(ok, np.maximum(r1 - r0 + 1, 0), 0)
-    t = np.repeat(np.arange(len(triangles)), nrow)  # one entry per (triangle, row)
-    row = np.arange(t.size) - np.repeat(np.cumsum(nrow) - nrow, nrow) + r0[t]
-    ry = row[:, None].astype(np.float64)
-    a, b = v[:, [0, 1, 2]], v[:, [1, 2, 0]]  # the three edges, end points ordered by (y, x)
-    swap = ((a[..., 1] > b[..., 1]) | ((a[..., 1] == b[..., 1]) & (a[..., 0] > b[..., 0])))[..., None]
-    a, b = np.where(swap, b, a)[t], np.where(swap, a, b)[t]
-    dy = b[..., 1] - a[..., 1]
-    hit = (dy > 0) & (a[..., 1] <= ry) & (ry <= b[..., 1])
-    xe = a[..., 0] + (ry - a[..., 1]) * (b[..., 0] - a[..., 0]) / np.where(dy > 0, dy, 1.0)
-    c0 = np.maximum(np.ceil(np.where(hit, xe, np.inf).min(1)), 0)
-    c1 = np.minimum(np.floor(np.where(hit, xe, -np.inf).max(1)), size - 1)
+    # The three edges as (3, T) planes, end points (a, b) ordered by (y, x).
+    a, b = v.transpose(1, 0, 2), v[:, [1, 2, 0]].transpose(1, 0, 2)
+    swap = (a[..., 1] > b[..., 1]) | ((a[..., 1] == b[..., 1]) & (a[..., 0] > b[..., 0]))
+    ax, ay = np.where(swap, b[..., 0], a[..., 0]), np.where(swap, b[..., 1], a[..., 1])
+    bx, by = np.where(swap, a[..., 0], b[..., 0]), np.where(swap, a[..., 1], b[..., 1])
+    dy = by - ay
+    edges = np.concatenate([ax, ay, by, bx - ax, np.where(dy > 0, dy, 1.0), np.where(dy > 0, 1.0, 0.0)])
+    # One column per (triangle, row): each triangle's edges repeated over its rows.
+    ax, ay, by, dx, dy_safe, sloped = np.repeat(edges, nrow, axis=1).reshape(6, 3, -1)
+    row = np.arange(ay.shape[1]) + np.repeat(r0 - (np.cumsum(nrow) - nrow), nrow)
+    ry = row.astype(np.float64)
+    hit = (sloped > 0) & (ay <= ry) & (ry <= by)
+    xe = ax + (ry - ay) * dx / dy_safe
+    c0 = np.maximum(np.ceil(np.where(hit, xe, np.inf).min(0)), 0)
+    c1 = np.minimum(np.floor(np.where(hit, xe, -np.inf).max(0)), size - 1)
     ncol = np.maximum(c1 - c0 + 1, 0).astype(np.int64)
-    span = np.repeat(np.arange(t.size), ncol)  # one entry per (triangle, pixel)
-    col = np.arange(span.size) - np.repeat(np.cumsum(ncol) - ncol, ncol) + c0.astype(np.int64)[span]
-    ts = t[span]
-    z = (z0[t] + zy[t] * row)[span] + zx[ts] * col
-    return row[span] * size + col, z, ts
+    # One entry per (triangle, pixel).
+    col = np.arange(int(ncol.sum())) + np.repeat(c0.astype(np.int64) - (np.cumsum(ncol) - ncol), ncol)
+    per_row = [np.repeat(x, nrow) for x in (np.arange(len(triangles)), z0, zy, zx)]
+    tri, z_row, zx_row = (np.repeat(x, ncol) for x in (per_row[0], per_row[1] + per_row[2] * row, per_row[3]))
+    return np.repeat(row * size, ncol) + col, z_row + zx_row * col, tri
 
 
 def zbuffer(landmarks: np.ndarray, size: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -136,7 +136,7 @@ def pose_fields(image: np.ndarray, cfg: BuildConfig | None = None) -> dict:
     for stage in _STAGES[key]:
         stage.process([item])
     assert item.ok, item.reason
-    return item.fields | {"loose_view": item.scratch["loose_view"], "lmk": item.arrays["lmk"]}
+    return item.fields | {"lmk": item.arrays["lmk"]} | {k: v for k, v in item.scratch.items() if k == "loose_view"}
 
 
 def angles(fields: dict, suffix: str = "") -> np.ndarray:
@@ -206,10 +206,11 @@ def test_hopenet_backend_sees_the_loose_view_and_reports_both_frames(tmp_path):
     weights = tmp_path / "hopenet.pkl"
     torch.save(Hopenet().state_dict(), weights)
     photo = rolled(decoded("obama2"), -25)[0]
-    fields = pose_fields(photo)
+    assert "loose_view" not in pose_fields(photo)  # PnP (the default) needs no loose view: none is cut
+    cfg = BuildConfig(stages={"head_pose": StageConfig(backend="hopenet", weights=str(weights))})
+    fields = pose_fields(photo, cfg)
     view = fields["loose_view"]
     assert view.shape == (224, 224, 3)
-    cfg = BuildConfig(stages={"head_pose": StageConfig(backend="hopenet", weights=str(weights))})
     stage = HeadPose(cfg)
     stage.check()
     item = Item(key="k", identity="i", source="casia", source_path="", unit=0,

@@ -9,7 +9,7 @@ import pytest
 from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
 
 from denseface.geometry import mesh as mt
-from denseface.geometry.raster import DEPTH_FLOOR, render_depth, silhouette
+from denseface.geometry.raster import DEPTH_FLOOR, rasterize, render_depth, silhouette
 from denseface.shards.schema import decode_depth, encode_depth
 
 
@@ -99,6 +99,28 @@ def test_nearest_surface_wins_where_the_mesh_folds(aligned_face):
             assert at_cheek > 0.99
         else:
             assert 0.05 < at_cheek < 0.99
+
+
+def test_raster_pairs_are_the_pixel_centres_inside_each_triangle(aligned_face):
+    """Every (triangle, pixel) pair against a brute-force test of every pixel centre of every
+    triangle: inside by more than rounding -> listed once, outside -> never; z on the plane."""
+    size = 96
+    lm = aligned_face[1].astype(np.float64)
+    pix, z, tri = rasterize(lm, size)
+    assert len(set(zip(pix.tolist(), tri.tolist()))) == pix.size  # no pair twice
+    v = (lm[:, :2] * size - 0.5)[mt.FACE_TRIANGLES]  # (T, 3, 2)
+    r, c = np.divmod(np.arange(size * size), size)
+    listed = np.zeros((len(v), size * size), bool)
+    listed[tri, pix] = True
+    for k in np.flatnonzero(listed.any(1))[::7]:  # every 7th covering triangle: ~100 of them
+        (x0, y0), (x1, y1), (x2, y2) = v[k]
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        w = np.stack([(x1 - c) * (y2 - r) - (x2 - c) * (y1 - r), (x2 - c) * (y0 - r) - (x0 - c) * (y2 - r),
+                      (x0 - c) * (y1 - r) - (x1 - c) * (y0 - r)]) / area  # barycentric weights
+        assert listed[k, w.min(0) > 1e-6].all() and not listed[k, w.min(0) < -1e-6].any(), k
+        mine = tri == k
+        expect = (w[:, pix[mine]] * lm[mt.FACE_TRIANGLES[k], 2][:, None]).sum(0)
+        assert np.allclose(z[mine], expect, atol=1e-9), k
 
 
 def test_png_round_trip(aligned_face):
