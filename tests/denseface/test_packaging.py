@@ -1,6 +1,7 @@
 """Install hygiene: namespaced imports from a wheel, and the pinned mediapipe ships its models."""
 import subprocess
 import sys
+import tomllib
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -8,6 +9,20 @@ from pathlib import Path
 import mediapipe
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def source_packages() -> list[str]:
+    """Every package folder of the source tree, as its path inside the wheel (``denseface/etl``...)."""
+    return sorted(str(Path(pkg.replace(".", "/")) / init.parent.relative_to(REPO / src))
+                  for pkg, src in SETUPTOOLS["package-dir"].items() for init in (REPO / src).rglob("__init__.py"))
+
+
+def test_every_source_package_is_declared():
+    """setuptools would still ship an undeclared subpackage as data, with a warning; declare each one."""
+    assert sorted(p.replace("/", ".") for p in source_packages()) == sorted(SETUPTOOLS["packages"])
 
 
 def test_mediapipe_is_a_0_10_wheel_with_face_models():
@@ -26,8 +41,8 @@ def test_wheel_holds_only_the_denseface_namespace_and_imports(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("dense_face-")}
     assert tops == {"denseface"}, tops
-    for pkg in ("etl", "annotators", "shards", "model", "train", "evaluate"):
-        assert f"denseface/{pkg}/__init__.py" in names
+    missing = [pkg for pkg in source_packages() if f"{pkg}/__init__.py" not in names]
+    assert not missing, f"packages left out of the wheel (pyproject [tool.setuptools] packages): {missing}"
     code = ("import denseface, denseface.etl.build, denseface.shards.schema, denseface.model, denseface.train;"
             "import importlib.util as u; assert u.find_spec('model') is None and u.find_spec('train') is None;"
             "print(denseface.__file__)")
