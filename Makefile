@@ -13,7 +13,7 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv sample weights-check build-dataset train inspect query generate evaluate browser test test-slow bench bench-gpu clean
+.PHONY: venv sample weights-check build-dataset train inspect query generate evaluate browser lint test test-slow bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -117,6 +117,10 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the browser test will skip"; }
+
+# ruff: pyflakes, pycodestyle (120 columns) and import order, as configured in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test: venv sample browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)

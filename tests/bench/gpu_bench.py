@@ -105,7 +105,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     figures["Dense-Face, cached latents"] = timed(lambda: trainer.train_step(cached), shape.device)
     n_dense = sum(p.numel() for p in trainer.params)
     images, pose, captions = batch["image"], batch["pose_image"], batch["caption"]
-    del trainer, batch, cached
+    trainer = batch = cached = None  # released (None, not del: closures above hold the names)
     _free()
 
     sd = _sd(shape, shape.dtype)  # frozen parts in the autocast dtype, as the trainer holds them
@@ -139,7 +139,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     opt = torch.optim.AdamW(params, lr=1e-5)
     figures["full-UNet fine-tuning"] = timed(lambda: peer_step(unet, params, opt), shape.device)
     n_full = sum(p.numel() for p in params)
-    del unet, params, opt
+    unet = params = opt = None
     _free()
 
     from diffusers import ControlNetModel
@@ -150,7 +150,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     opt = torch.optim.AdamW(params, lr=1e-5)
     figures["ControlNet (frozen UNet)"] = timed(lambda: peer_step(sd.unet, params, opt, control), shape.device)
     n_control = sum(p.numel() for p in params)
-    del control, params, opt, sd
+    control = params = opt = sd = None
     _free()
     for name, n in (("Dense-Face", n_dense), ("Dense-Face, cached latents", n_dense),
                     ("full-UNet fine-tuning", n_full), ("ControlNet (frozen UNet)", n_control)):
@@ -206,7 +206,7 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
     crops = list(np.random.default_rng(0).integers(0, 256, (shape.stage_batch, 112, 112, 3), dtype=np.uint8))
     out[f"ArcFace R50 (ONNX, {arcface.session.get_providers()[0].removesuffix('ExecutionProvider')})"] = rate(
         lambda: arcface(crops))
-    del arcface
+    arcface = None
 
     caption_dtype = torch.float16 if shape.device != "cpu" else torch.float32  # as the caption stage runs them
     for name in (*am.CAPTIONERS, am.CLIP):
@@ -218,7 +218,7 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
                 lambda: am.clip_score_batch(model, pixels, len(am.CAPTIONERS), shape.caption_tokens + 2))
         else:
             out[f"caption {name}"] = rate(lambda: am.generate_fixed_length(model, pixels, shape.caption_tokens))
-        del model, pixels
+        model = pixels = None
         _free()
     return out
 
