@@ -26,7 +26,7 @@ def test_wheel_holds_only_the_denseface_namespace_and_imports(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("dense_face-")}
     assert tops == {"denseface"}, tops
-    for pkg in ("etl", "annotators", "shards", "model", "train", "evaluate"):
+    for pkg in ("etl", "annotators", "shards", "model", "train", "evaluate", "generation", "inspection"):
         assert f"denseface/{pkg}/__init__.py" in names
     code = ("import denseface, denseface.etl.build, denseface.shards.schema, denseface.model, denseface.train;"
             "import importlib.util as u; assert u.find_spec('model') is None and u.find_spec('train') is None;"
