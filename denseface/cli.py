@@ -64,11 +64,12 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from denseface.inspection import InspectError, inspect_dataset
+    from denseface.inspection import inspect_dataset
+    from denseface.shards.manifest import ManifestError
 
     try:
         res = inspect_dataset(Path(args.dataset), Path(args.out), n=args.n, where=args.where, seed=args.seed)
-    except InspectError as e:
+    except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"contact sheet: {res['contact_sheet']} ({len(res['keys'])} samples: {', '.join(res['keys'])})")
@@ -77,11 +78,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _manifest_query(args: argparse.Namespace) -> int:
-    from denseface.inspection import InspectError, query_manifest
+    from denseface.shards.manifest import ManifestError, query_manifest
 
     try:
         df = query_manifest(Path(args.dataset), args.sql)
-    except InspectError as e:
+    except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(df.to_string(index=False, max_rows=args.max_rows, max_colwidth=args.max_colwidth))

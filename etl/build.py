@@ -25,10 +25,11 @@ from denseface.config import BuildConfig
 from denseface.errors import OutputError, UserError
 from denseface.etl.lock import output_lock
 from denseface.etl.plan import Unit, make_plan
-from denseface.etl.readers import Record, parse_source, printable, read_source
+from denseface.etl.readers import Record, parse_source, read_source
 from denseface.etl.runner import LocalRunner, RayRunner
 from denseface.etl.stages import build_fingerprint, build_stages, manifest_schema
 from denseface.shards import schema
+from denseface.shards.rows import manifest_row
 from denseface.shards.verify import check_unit, read_plan
 from denseface.shards.writer import own_temporaries, remove_unit, unit_paths, units_on_disk, write_json, write_unit
 
@@ -39,17 +40,6 @@ def new_item(key: str, unit: int, rec) -> Item:
     if rec.error:
         item.fail(schema.Status.REJECTED, rec.error)
     return item
-
-
-def manifest_row(item: Item, shard: str, stage_names: list[str]) -> dict[str, Any]:
-    row = {"key": item.key, "unit": item.unit, "shard": shard, "status": item.status,
-           "reason": printable(item.reason), "identity": printable(item.identity), "source": item.source,
-           "source_path": printable(item.source_path),
-           "versions": json.dumps(dict(sorted(item.versions.items())), sort_keys=True)}
-    row.update(item.fields)
-    for name in stage_names:
-        row[schema.timing_column(name)] = item.timings.get(name)
-    return row
 
 
 class ShardSink:
@@ -194,7 +184,7 @@ def build_dataset(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     except OSError as exc:
         if exc.errno not in _OUTPUT_ERRNOS:
             raise
-        raise OutputError(f"cannot write {printable(str(exc.filename or root))}: {exc.strerror}") from None
+        raise OutputError(f"cannot write {schema.printable(str(exc.filename or root))}: {exc.strerror}") from None
 
 
 def _complete_read_only(root: Path, units: list[Unit], build_fp: str, skipped: dict[str, int], seen: int,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from denseface.errors import UserError
+from denseface.shards.schema import printable
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 _ASCII_INT = re.compile(r"-?[0-9]+")
@@ -48,12 +49,6 @@ class Record:
     attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     error: str = ""  # a rejected row with this reason (the input is unusable as listed)
     skip: str = ""  # not an input at all: counted under this reason, no row
-
-
-def printable(text: str) -> str:
-    """A name as UTF-8 text: bytes that are not UTF-8 (kept by the OS as surrogates) are
-    shown as ``\\xNN``, so manifests, JSON and hashes never fail on odd file names."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _source_root(root: Path, what: str) -> Path:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
-from denseface.etl.readers import printable
 from denseface.etl.stages import stage_groups
+from denseface.shards.rows import sample_json
 from denseface.shards.schema import Status, encode_members
 
 
@@ -30,13 +30,6 @@ def pack(item: Item, jpeg_quality: int) -> None:
     item.image = None
     item.arrays = {}
     item.scratch = {}
-
-
-def sample_json(item: Item) -> dict[str, Any]:
-    meta = {"key": item.key, "identity": printable(item.identity), "source": item.source,
-            "source_path": printable(item.source_path), "versions": dict(sorted(item.versions.items()))}
-    meta.update(item.fields)
-    return meta
 
 
 def run_group(stages: list[Stage], items: list[Item], last: bool, jpeg_quality: int) -> list[Item]:

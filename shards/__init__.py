@@ -1,1 +1,2 @@
-"""The sample schema, and the WebDataset shard writer, reader and verifier built on it."""
+"""The dataset format: the sample schema and everything that writes or reads it (rows, writer,
+identity sidecars, shard reader, manifests, verify)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from denseface.shards.reader import local_path
 from denseface.shards.schema import ID, JSON, decode_npy
 
 SUFFIX = ".ids.npz"
@@ -31,6 +32,22 @@ def sidecar_url(shard_url: str) -> str:
     if not sep:
         raise ValueError(f"not a .tar shard URL: {shard_url!r}")
     return head + SUFFIX + tail
+
+
+def read_sidecar(shard_url: str) -> bytes | None:
+    """The bytes of a shard's sidecar, local or remote; None where there is none (a dataset
+    built before sidecars existed)."""
+    side = sidecar_url(shard_url)
+    path = local_path(side)
+    if path is not None:
+        return path.read_bytes() if path.is_file() else None
+    import webdataset as wds
+
+    try:
+        with wds.gopen(side) as fh:
+            return fh.read()
+    except Exception:  # noqa: BLE001 - missing remote object: any scheme's error means "no sidecar"
+        return None
 
 
 def _npy(arr: np.ndarray) -> bytes:

@@ -40,6 +40,12 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 MAX_KEY_LEN = 100 - 1 - max(len(m) for m in (JPG, JSON, *ARRAY_MEMBERS.values()))
 
 
+def printable(text: str) -> str:
+    """A name as UTF-8 text: bytes that are not UTF-8 (kept by the OS as surrogates) are
+    shown as ``\\xNN``, so manifests, JSON and hashes never fail on odd file names."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def is_safe_key(key: str) -> bool:
     """Keys become tar member names: no dots (webdataset splits on them), slashes or '..',
     and short enough for a tar header."""
@@ -194,6 +200,9 @@ def manifest_schema(stage_fields: dict[str, pa.DataType], stage_names: list[str]
 
 def is_timing_column(name: str) -> bool:
     return name.startswith(TIMING_PREFIX) and name.endswith(TIMING_SUFFIX)
+
+
+SHARD_GLOB = "shard-*"  # every unit's files: shard_name(unit) + ".tar", ".parquet", ...
 
 
 def shard_name(unit: int) -> str:

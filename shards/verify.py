@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from denseface.shards.schema import REQUIRED_MEMBERS, Status, is_safe_key, shard_name
+from denseface.shards.reader import iter_members
+from denseface.shards.schema import REQUIRED_MEMBERS, Status, shard_name
 from denseface.shards.writer import file_sha256, own_temporaries, unit_paths, units_on_disk
 
 
 def tar_members(path: Path) -> dict[str, set[str]]:
-    """key -> member extensions; raises on a truncated or unsafe tar."""
+    """key -> member extensions (headers only); raises on a truncated or unsafe tar."""
     members: dict[str, set[str]] = defaultdict(set)
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            key, dot, ext = info.name.partition(".")
-            if not info.isfile() or not dot or not is_safe_key(key):
-                raise ValueError(f"unexpected tar member {info.name!r}")
-            members[key].add(ext)
+    for key, ext, _ in iter_members(path, read=lambda key, ext: False):
+        members[key].add(ext)
     return members
 
 

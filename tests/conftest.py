@@ -34,6 +34,17 @@ def sample_casia() -> Path:
     return ensure_sample()
 
 
+@pytest.fixture(scope="session")
+def built_sample(tmp_path_factory, sample_casia) -> Path:
+    """The embedded sample, built as the pipeline builds it today; tests only read it."""
+    from denseface.config import BuildConfig
+    from denseface.etl.build import build_dataset
+
+    out = tmp_path_factory.mktemp("built_sample") / "ds"
+    build_dataset(BuildConfig(sources=[f"casia:{sample_casia}"], out=out, runner="local", workers=1), progress=False)
+    return out
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height but carries almost no data: a bomb."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -34,7 +34,6 @@ import tarfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 
 from denseface.errors import UserError
-from denseface.shards.reader import shard_paths
+from denseface.shards.reader import iter_members, local_path, shard_paths
 from denseface.shards.schema import DEPTH, ID, JPG, JSON, LATENT, LMK, MASK, decode_members
 from denseface.train.identity_index import IdentityIndex
 from denseface.train.stream import Position, ShardStream, seed_of
@@ -63,14 +62,12 @@ class BadShardError(UserError):
 def shard_problem(url: str) -> str:
     """Why a local shard cannot be read ('' = its tar headers read to the end; remote URLs
     are not opened here). Only headers are read (seeks over the data), so this is cheap."""
-    path = Path(url[5:] if url.startswith("file:") else url)
-    if "://" in url or url.startswith("pipe:"):
+    if local_path(url) is None:
         return ""
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for _ in tar:
-                pass
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        for _ in iter_members(url, read=lambda key, ext: False):
+            pass
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""
 
@@ -101,20 +98,21 @@ def resolve_urls(data: Sequence[str] | str, bad_shards: str = "stop") -> list[st
     out: list[str] = []
     for item in [data] if isinstance(data, str) else data:
         item = str(item)
-        if "://" not in item and not item.startswith("pipe:") and Path(item).is_dir():
-            found = [str(p) for p in shard_paths(Path(item))]
+        path = local_path(item)
+        if path is not None and path.is_dir():
+            found = [str(p) for p in shard_paths(path)]
             if not found:
                 raise UserError(f"no shard-*.tar in {item}")
             out += found
         elif "{" in item:
             out += expand_urls(item)
-        elif "://" not in item and not item.startswith("pipe:") and any(c in item for c in "*?["):
-            out += sorted(glob.glob(item))
+        elif path is not None and any(c in item for c in "*?["):
+            out += sorted(glob.glob(str(path)))
         else:
             out.append(item)
     if not out:
         raise UserError(f"no shards in {data!r}")
-    missing = [u for u in out if "://" not in u and not u.startswith("pipe:") and not Path(u).exists()]
+    missing = [u for u in out if (p := local_path(u)) is not None and not p.exists()]
     if missing:
         raise UserError(f"training data not found: {missing[0]}" + (f" (and {len(missing) - 1} more)"
                                                                       if len(missing) > 1 else ""))

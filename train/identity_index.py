@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import uuid
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,19 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from denseface.paths import cache_dir
-from denseface.shards.id_sidecar import decode_sidecar, sidecar_url
+from denseface.shards.id_sidecar import decode_sidecar, read_sidecar
+from denseface.shards.reader import iter_members, local_path
 from denseface.shards.schema import ID, JSON, decode_npy
 
 INDEX_VERSION = 1
 FILES = ("keys", "group", "order", "starts", "emb")
-
-
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file:"):
-        url = url[5:]
-    if "://" in url or url.startswith("pipe:"):
-        return None
-    return Path(url)
 
 
 def fingerprint(urls: Sequence[str]) -> str:
@@ -56,7 +48,7 @@ def fingerprint(urls: Sequence[str]) -> str:
     h = hashlib.sha1(f"id-index-v{INDEX_VERSION}".encode())
     for url in sorted(urls):
         h.update(url.encode())
-        p = _local_path(url)
+        p = local_path(url)
         if p is not None and p.exists():
             st = p.stat()
             h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
@@ -83,57 +75,30 @@ def _collect(members: Iterable[tuple[str, str, bytes]]) -> Part:
             np.stack([emb[k] for k in keys]))
 
 
-def _read_local(path: Path) -> Iterable[tuple[str, str, bytes]]:
-    with tarfile.open(path, mode="r:") as tar:  # seekable: image data is skipped, not read
-        for info in tar:
-            key, _, ext = info.name.partition(".")
-            if info.isfile() and ext in (JSON, ID):
-                yield key, ext, tar.extractfile(info).read()
-
-
-def _read_stream(url: str) -> Iterable[tuple[str, str, bytes]]:
-    import webdataset as wds
-
-    for s in wds.tarfile_samples([{"url": url}], select_files=lambda f: f.endswith((f".{JSON}", f".{ID}"))):
-        for ext in (JSON, ID):
-            if ext in s:
-                yield s["__key__"], ext, s[ext]
+def _json_and_id(url: str) -> Iterable[tuple[str, str, bytes]]:
+    """The json and id.npy members of a shard (a local tar's images are seeked over)."""
+    for key, ext, data in iter_members(url, read=lambda key, ext: ext in (JSON, ID)):
+        if data is not None:
+            yield key, ext, data
 
 
 def identity_backend(urls: Sequence[str]) -> str | None:
     """The identity backend named in the first sample json of the first shard (the build's
     identity stage decides it for the whole dataset), None when it names none."""
-    p = _local_path(urls[0])
-    for _, ext, data in _read_local(p) if p is not None else _read_stream(urls[0]):
+    for _, ext, data in _json_and_id(urls[0]):
         if ext == JSON:
             return json.loads(data.decode("utf-8")).get("id_backend")
     return None
 
 
-def _read_sidecar(url: str) -> bytes | None:
-    """The shard's identity sidecar, None where there is none (a dataset built before it existed)."""
-    side = sidecar_url(url)
-    p = _local_path(side)
-    if p is not None:
-        return p.read_bytes() if p.is_file() else None
-    import webdataset as wds
-
-    try:
-        with wds.gopen(side) as fh:
-            return fh.read()
-    except Exception:  # noqa: BLE001 - missing remote object: any scheme's error means "no sidecar"
-        return None
-
-
 def read_shard(url: str) -> Part:
     """One shard's (keys, identities, embeddings): from its sidecar when present (a few KB),
     else from the tar's json and id.npy members (a remote tar is streamed whole)."""
-    data = _read_sidecar(url)
+    data = read_sidecar(url)
     if data:
         s = decode_sidecar(data)
         return s["keys"], s["identities"], s["emb"]
-    p = _local_path(url)
-    return _collect(_read_local(p) if p is not None else _read_stream(url))
+    return _collect(_json_and_id(url))
 
 
 class IdentityIndex:

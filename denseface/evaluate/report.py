@@ -1,4 +1,4 @@
-"""The evaluation's one-file HTML page, in the inspection report's style (`denseface.inspection`):
+"""The evaluation's one-file HTML page, in the inspection report's style (`denseface.inspection.report`):
 the overall and per-subject tables, then per subject a grid of its generated images (thumbnails
 as base64 PNG, so the file stands alone; the inspection report's script checks they decode)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from denseface.inspection import _CSS, _SCRIPT, _na, _table
+from denseface.inspection.report import _CSS, _SCRIPT, _na, _table
 
 THUMB = 160  # px, thumbnail side in the grids
 GRID_CSS = (".grid{display:flex;flex-wrap:wrap;gap:6px} .cell{width:%dpx;font-size:11px;color:#444} "

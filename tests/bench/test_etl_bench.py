@@ -23,7 +23,7 @@ from denseface.annotators.landmarks import FaceMesh
 from denseface.config import BuildConfig, StageConfig
 from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_casia
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 
 pytestmark = pytest.mark.bench
 COPIES = 30

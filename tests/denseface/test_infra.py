@@ -11,7 +11,7 @@ import yaml
 
 from denseface.config import BuildConfig
 from denseface.etl.build import build_dataset
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 from denseface.shards.verify import verify_dataset
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"

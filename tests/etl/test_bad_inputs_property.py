@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from denseface.cli import main
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 from denseface.shards.verify import verify_dataset
 
 _name = st.binary(min_size=1, max_size=30).filter(lambda b: b"/" not in b and b"\0" not in b

@@ -19,7 +19,7 @@ from denseface.cli import main
 from denseface.config import BuildConfig
 from denseface.errors import ConfigError
 from denseface.etl.build import build_dataset
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 from denseface.shards.schema import NUM_LANDMARKS, decode_members, is_timing_column
 from denseface.shards.verify import verify_dataset
 from tests.conftest import BAD_EXPECTED

@@ -4,7 +4,7 @@ import pytest
 
 from denseface.config import BuildConfig
 from denseface.etl.build import build_dataset
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 from denseface.shards.schema import is_timing_column
 from denseface.shards.verify import verify_dataset
 

@@ -21,7 +21,7 @@ from denseface.annotators.decode import decode_image
 from denseface.config import BuildConfig
 from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_celeba, read_release
-from denseface.shards.reader import read_manifest
+from denseface.shards.manifest import read_manifest
 from denseface.shards.verify import verify_dataset
 from tests.etl.test_build import _big_tree, _manifest_without_timings
 

@@ -1,5 +1,6 @@
-"""The geometry package is the bottom layer: it imports nothing else of the project, and the trainer and
-inspection reach face geometry through it, never through the annotation stages."""
+"""Import layering: the geometry package is the bottom layer (it imports nothing else of the project), the
+trainer and inspection reach face geometry through it, never through the annotation stages, and shards/ imports
+nothing of the layers that use it."""
 import ast
 import pathlib
 import subprocess
@@ -26,3 +27,13 @@ def test_trainer_and_inspection_do_not_import_annotators():
             names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
             names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             assert not [n for n in names if n.startswith("denseface.annotators")], path
+
+
+def test_shards_import_only_shards_and_errors():
+    """shards/ owns the dataset format: it reads and writes it for every layer above and imports none of them."""
+    for path in sorted((ROOT / "shards").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        project = [n for n in names if n.startswith("denseface")]
+        assert all(n.startswith("denseface.shards") or n == "denseface.errors" for n in project), (path, project)

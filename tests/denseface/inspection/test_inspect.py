@@ -1,5 +1,4 @@
-"""denseface.inspection: contact sheet, HTML report, DuckDB manifest queries, a headless-browser
-check of the report."""
+"""denseface.inspection: contact sheet, HTML report, a headless-browser check of the report."""
 from __future__ import annotations
 
 import base64
@@ -17,19 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from denseface.config import BuildConfig
-from denseface.etl.build import build_dataset
-from denseface.inspection import (HEADER, PANEL, SHEET_WIDTH, InspectError, contact_sheet, dataset_report,
-                               inspect_dataset, query_manifest, select_samples)
+from denseface.inspection import inspect_dataset
+from denseface.inspection.contact_sheet import HEADER, PANEL, SHEET_WIDTH, contact_sheet, select_samples
+from denseface.inspection.report import dataset_report
+from denseface.shards.manifest import ManifestError, query_manifest
 from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, encode_depth, encode_mask
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory, sample_casia):
-    """The embedded sample, built as the pipeline builds it today."""
-    out = tmp_path_factory.mktemp("inspect") / "ds"
-    build_dataset(BuildConfig(sources=[f"casia:{sample_casia}"], out=out, runner="local", workers=1), progress=False)
-    return out
 
 
 def _depth_mask_pose(lmk: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -79,8 +70,8 @@ LATER_COLUMNS = ("yaw", "pitch", "roll", "caption_top", "clip_score_top", "capti
 
 
 @pytest.fixture(scope="module")
-def bare_dataset(dataset, tmp_path_factory):
-    """`dataset` as the first pipeline wrote it: image, json, landmarks only (no depth,
+def bare_dataset(built_sample, tmp_path_factory):
+    """`built_sample` as the first pipeline wrote it: image, json, landmarks only (no depth,
     mask, identity, pose or captions), to check that everything absent shows as n/a."""
     def sample(i, key, mem):
         for ext in list(mem):
@@ -94,12 +85,12 @@ def bare_dataset(dataset, tmp_path_factory):
     def manifest(df, info):
         return df.drop(columns=[c for c in df.columns if c in LATER_COLUMNS or c.endswith(("_pnp", "_src"))])
 
-    return _rewrite(dataset, tmp_path_factory.mktemp("inspect_bare") / "ds", sample, manifest)
+    return _rewrite(built_sample, tmp_path_factory.mktemp("inspect_bare") / "ds", sample, manifest)
 
 
 @pytest.fixture(scope="module")
-def rich_dataset(dataset, tmp_path_factory):
-    """`dataset` with depth, mask and yaw/pitch/roll added where the build did not produce
+def rich_dataset(built_sample, tmp_path_factory):
+    """`built_sample` with depth, mask and yaw/pitch/roll added where the build did not produce
     them, and CLIP-scored captions (every other sample; the rest template captions)."""
     def sample(i, key, mem):
         lmk = np.load(io.BytesIO(mem[LMK])).astype(np.float32)
@@ -128,7 +119,7 @@ def rich_dataset(dataset, tmp_path_factory):
                                      for k, s in zip(df["key"], df["status"])], dtype=typ)
         return df
 
-    return _rewrite(dataset, tmp_path_factory.mktemp("inspect_rich") / "ds", sample, manifest)
+    return _rewrite(built_sample, tmp_path_factory.mktemp("inspect_rich") / "ds", sample, manifest)
 
 
 def _png(path) -> np.ndarray:
@@ -138,11 +129,11 @@ def _png(path) -> np.ndarray:
 # ---- contact sheet ----------------------------------------------------------------------
 
 
-def test_contact_sheet_size_and_content(dataset, tmp_path):
+def test_contact_sheet_size_and_content(built_sample, tmp_path):
     out = tmp_path / "sheet.png"
-    keys = contact_sheet(dataset, out, n=4)
+    keys = contact_sheet(built_sample, out, n=4)
     assert keys == sorted(keys) and len(keys) == 4
-    ok_keys = query_manifest(dataset, "SELECT key FROM manifest WHERE status = 'ok' ORDER BY key")["key"]
+    ok_keys = query_manifest(built_sample, "SELECT key FROM manifest WHERE status = 'ok' ORDER BY key")["key"]
     assert keys == list(ok_keys[:4])  # default: first N by key
     img = _png(out)
     assert img.shape == (HEADER + 4 * PANEL, SHEET_WIDTH, 3)
@@ -183,9 +174,9 @@ def test_contact_sheet_filter_and_seed(rich_dataset, tmp_path):
 
 
 def test_filter_matching_nothing_is_a_clear_error(rich_dataset, bare_dataset, tmp_path):
-    with pytest.raises(InspectError, match=r"no accepted samples match --where 'yaw > 1000'"):
+    with pytest.raises(ManifestError, match=r"no accepted samples match --where 'yaw > 1000'"):
         contact_sheet(rich_dataset, tmp_path / "x.png", where="yaw > 1000")
-    with pytest.raises(InspectError, match=r"(?s)not a valid DuckDB condition.*columns: key"):
+    with pytest.raises(ManifestError, match=r"(?s)not a valid DuckDB condition.*columns: key"):
         select_samples(bare_dataset, where="yaw > 30")  # a dataset built before the head-pose stage
     assert not (tmp_path / "x.png").exists()
 
@@ -209,9 +200,9 @@ def _report_checks(html_text: str, root) -> list[str]:
     return imgs
 
 
-def test_report_as_built(dataset, tmp_path):
-    text = dataset_report(dataset, tmp_path / "report.html").read_text()
-    assert len(_report_checks(text, dataset)) >= 3
+def test_report_as_built(built_sample, tmp_path):
+    text = dataset_report(built_sample, tmp_path / "report.html").read_text()
+    assert len(_report_checks(text, built_sample)) >= 3
     # the pose section says which frame each angle is in, and plots both
     pose = text[text.index('<h2 id="pose">'):]
     pose = pose[:pose.index("<h2", 4)]
@@ -220,7 +211,7 @@ def test_report_as_built(dataset, tmp_path):
 
 
 def test_contact_sheet_labels_the_pose_frames():
-    from denseface.inspection import COLUMNS, _row_panels
+    from denseface.inspection.contact_sheet import COLUMNS, _row_panels
 
     assert "pose (crop frame)" in COLUMNS
     meta = {"key": "k", "identity": "i", "yaw": 10.0, "pitch": -5.0, "roll": 0.5,
@@ -246,29 +237,10 @@ def test_report_rich_dataset(rich_dataset, tmp_path):
     assert "<td>blip</td>" in text  # per-captioner table from captions_all
 
 
-def test_inspect_dataset_writes_both(dataset, tmp_path):
-    res = inspect_dataset(dataset, tmp_path / "insp", n=2)
+def test_inspect_dataset_writes_both(built_sample, tmp_path):
+    res = inspect_dataset(built_sample, tmp_path / "insp", n=2)
     assert (tmp_path / "insp" / "contact_sheet.png").is_file() and (tmp_path / "insp" / "report.html").is_file()
     assert len(res["keys"]) == 2
-
-
-# ---- manifest queries -------------------------------------------------------------------
-
-
-def test_query_manifest_group_by(dataset):
-    df = query_manifest(dataset, "SELECT identity, count(*) AS n FROM manifest GROUP BY 1 ORDER BY 1")
-    assert isinstance(df, pd.DataFrame)
-    counts = dict(zip(df["identity"], df["n"]))
-    assert counts["obama"] == 6 and sum(counts.values()) == json.loads((dataset / "run_summary.json").read_text())["inputs"]
-
-
-def test_query_manifest_bad_sql(dataset, tmp_path):
-    with pytest.raises(InspectError, match=r"(?s)manifest query failed.*SELEC"):
-        query_manifest(dataset, "SELEC 1 FROM manifest")
-    with pytest.raises(InspectError, match=r"(?s)nosuchcolumn.*columns: key"):
-        query_manifest(dataset, "SELECT nosuchcolumn FROM manifest")
-    with pytest.raises(InspectError, match="no manifest"):
-        query_manifest(tmp_path, "SELECT 1")
 
 
 # ---- the report in a headless browser ---------------------------------------------------
