@@ -52,8 +52,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from denseface.annotators.base import Item, Reject, Stage
-from denseface.model.captioners import (CAPTIONER_KINDS, KIND_ALIASES, Captioner, CaptionerSpec, ClipScorer,
-                                        device_dtype, resolve_model)
+from denseface.model.captioners import (
+    CAPTIONER_KINDS,
+    KIND_ALIASES,
+    Captioner,
+    CaptionerSpec,
+    ClipScorer,
+    device_dtype,
+    resolve_model,
+)
 from denseface.model_refs import Resolved, require
 
 TEMPLATE = "template"
@@ -147,7 +154,8 @@ def pose_phrase(yaw: float | None, pitch: float | None, roll: float | None = Non
         lv = _level(yaw, YAW_SLIGHT, YAW_TURNED)
         if lv is not None:
             side = "left" if yaw > 0 else "right"
-            h = f"in profile, facing {side}" if abs(yaw) >= YAW_PROFILE else " ".join(filter(None, ("facing", lv, side)))
+            h = (f"in profile, facing {side}" if abs(yaw) >= YAW_PROFILE
+                 else " ".join(filter(None, ("facing", lv, side))))
     if pitch is not None and not math.isnan(pitch):
         lv = _level(pitch, PITCH_SLIGHT, PITCH_TURNED)
         if lv is not None:

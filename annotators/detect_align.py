@@ -10,14 +10,20 @@ mouth corners on that crop place the final one, which levels the eyes to within 
 """
 from __future__ import annotations
 
-
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.annotators.face_detectors import DLIB_CNN, DLIB_SHAPE_68, Face, FaceDetector, dlib_models
 from denseface.annotators.head_pose import HeadPose
 from denseface.annotators.identity import dlib_weights_dir
 from denseface.annotators.landmarks import FaceMesh
-from denseface.geometry.align import (crop_transform, ffhq_quad, loose_view, mesh_keypoints, pad_fraction,
-                                       upright_quad, warp_face)
+from denseface.geometry.align import (
+    crop_transform,
+    ffhq_quad,
+    loose_view,
+    mesh_keypoints,
+    pad_fraction,
+    upright_quad,
+    warp_face,
+)
 from denseface.model_refs import Resolved, resolve_file
 
 

@@ -207,9 +207,9 @@ class DlibDescriptor:
         self._shape = dlib.shape_predictor(str(folder / DLIB_SHAPE_5))
         self.num_jitters, self.padding, self.engine = int(num_jitters), float(padding), engine
         if engine == "torch":
-            from denseface.model.dlib_resnet import DlibFaceResNet
-
             import torch
+
+            from denseface.model.dlib_resnet import DlibFaceResNet
 
             if device == "cpu":  # the stage's CPUs, as onnxruntime gets them: more threads only spin
                 torch.set_num_threads(threads)
@@ -371,7 +371,8 @@ class Identity(Stage):
     def _check_irse50(self) -> None:
         require(self.weights())
         if self._option("eyes", "iris") not in MP_FIVE_POINTS:
-            raise ValueError(f"identity option eyes must be one of {sorted(MP_FIVE_POINTS)}, got {self._option('eyes', 'iris')!r}")
+            raise ValueError(f"identity option eyes must be one of {sorted(MP_FIVE_POINTS)}, "
+                             f"got {self._option('eyes', 'iris')!r}")
 
     def setup(self) -> None:
         if self.backend == "irse50":

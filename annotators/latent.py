@@ -3,10 +3,10 @@ run the VAE on every step.
 
 * ``none`` (the default): nothing is written.
 * ``vae``: ``AutoencoderKL`` from ``weights``: an SD hub id (``owner/name[@revision]``, its
-  ``vae/``), or a local diffusers folder (an SD folder with ``vae/``, or a VAE folder). The member is the posterior *mean* of the 512 crop, before
-  ``scaling_factor`` (float16, 4 x 64 x 64 for SD's VAE), the trainer's convention
-  (`denseface.train.data`). Runs batched on the GPU when the stage has ``num_gpus``, in fp32
-  (fp16 VAE encoders can overflow).
+  ``vae/``), or a local diffusers folder (an SD folder with ``vae/``, or a VAE folder). The
+  member is the posterior *mean* of the 512 crop, before ``scaling_factor`` (float16,
+  4 x 64 x 64 for SD's VAE), the trainer's convention (`denseface.train.data`). Runs batched
+  on the GPU when the stage has ``num_gpus``, in fp32 (fp16 VAE encoders can overflow).
 
 ``latent_vae`` (json and manifest) names the VAE that made the latent: a fingerprint of its
 config and weights (`model.tiny_sd.vae_fingerprint`). The trainer uses a cached latent only when it equals

@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, \
-    model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from denseface.errors import ConfigError, MissingFileError
-
 
 M = TypeVar("M", bound=BaseModel)
 PRESETS_DIR = Path(__file__).parent / "configs"

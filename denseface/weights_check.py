@@ -59,7 +59,11 @@ def generate_needs(pretrained: str | Path | None, weights: str | Path | None = N
     pipeline's ``dense_face/``) and the identity backend it was trained with (`identity_backend_for`,
     which also refuses a mismatched ``id_backend``)."""
     from denseface.generation.pipeline import (
-        DENSE_FACE_FOLDER, TINY_CONFIG, UNTRAINED_CONFIG, bundled_id_weights, identity_backend_for,
+        DENSE_FACE_FOLDER,
+        TINY_CONFIG,
+        UNTRAINED_CONFIG,
+        bundled_id_weights,
+        identity_backend_for,
     )
     from denseface.model.dense_face import DenseFace
 

@@ -22,8 +22,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .dense_heads import DenseHeads
-from .identity import (IDENTITY_FORMAT, IdentityMLP, IdentityPrompt, placeholder_replaced, placeholder_token_id,
-                       word_embedding)
+from .identity import (
+    IDENTITY_FORMAT,
+    IdentityMLP,
+    IdentityPrompt,
+    placeholder_replaced,
+    placeholder_token_id,
+    word_embedding,
+)
 from .pc_adapter import PCAdapter, install_pc_adapter
 from .pose_branch import PoseBranch
 from .tiny_sd import SDComponents, token_ids
@@ -104,7 +110,8 @@ class DenseFace(nn.Module):
         self.identity = IdentityMLP(anchor, id_dim=config.id_dim, hidden_dim=config.id_hidden, scale=config.id_scale,
                                     projector=config.id_projector)
         self.pc_adapter: PCAdapter = install_pc_adapter(
-            unet, config.adapter_layers, config.adapter_scale, config.id_dim if config.adapter_query_from_identity else None)
+            unet, config.adapter_layers, config.adapter_scale,
+            config.id_dim if config.adapter_query_from_identity else None)
         self.dense_heads = DenseHeads.for_unet(
             unet, config.head_blocks, n_landmarks=config.n_landmarks, n_mask_classes=config.n_mask_classes,
             hidden=config.head_hidden, out_size=config.head_out_size,
@@ -175,7 +182,8 @@ class DenseFace(nn.Module):
         ids = token_ids(self.tokenizer, prompts).to(self.text_encoder.device)
         if id_emb is None:
             if bool((ids == self.placeholder_id).any()):
-                raise ValueError(f"a prompt holds the identity placeholder {self.config.placeholder!r} but no id_emb was given")
+                raise ValueError(f"a prompt holds the identity placeholder {self.config.placeholder!r} "
+                                 "but no id_emb was given")
             return self.text_encoder(ids)[0]
         with placeholder_replaced(self.text_encoder, self.placeholder_id, self.identity(id_emb.to(ids.device))):
             return self.text_encoder(ids)[0]
@@ -245,7 +253,8 @@ class DenseFace(nn.Module):
     def read_config(directory: str | Path) -> DenseFaceConfig:
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"Dense-Face checkpoint config not found: {path} (written by DenseFace.save_trained)")
+            raise FileNotFoundError(f"Dense-Face checkpoint config not found: {path} "
+                                    "(written by DenseFace.save_trained)")
         info = json.loads(path.read_text())
         if info.get("format", 1) != IDENTITY_FORMAT:
             raise ValueError(
@@ -261,7 +270,8 @@ class DenseFace(nn.Module):
             raise FileNotFoundError(f"Dense-Face weights not found: {path} (written by DenseFace.save_trained)")
         saved = self.read_config(directory)
         if asdict(saved) != asdict(self.config):
-            raise ValueError(f"checkpoint config {saved} differs from this model's {self.config}; use DenseFace.from_trained")
+            raise ValueError(f"checkpoint config {saved} differs from this model's {self.config}; "
+                             "use DenseFace.from_trained")
         self.trainable_modules().load_state_dict(load_file(str(path), device=str(self.unet.device)), strict=strict)
 
     @classmethod

@@ -4,9 +4,10 @@ q = W_q f + W'_q f,  k = (W_k + W'_k)[c; c'],  v = (W_v + W'_v)[c; c'].  W' star
 init G2 attention equals SD's. Options reproduce the released code's variant: adapters on self- as
 well as cross-attention (`layers="all"`), the residuals scaled by `scale` (0.01 there), and the query
 residual taken from the identity, W'_q(F(c_id)) with F = `feat_to_q`, the same at every pixel
-(`query_from_identity`; the mid block's layers keep W'_q f, as they get no c_id there). Why a processor that is *not* an nn.Module: the adapter weights live
-in the returned `PCAdapter` (owned by DenseFace), so the frozen UNet's parameters and state_dict stay
-exactly SD's, and mode G1 simply calls the UNet's original processor (bit-identical to plain SD).
+(`query_from_identity`; the mid block's layers keep W'_q f, as they get no c_id there). Why a
+processor that is *not* an nn.Module: the adapter weights live in the returned `PCAdapter` (owned
+by DenseFace), so the frozen UNet's parameters and state_dict stay exactly SD's, and mode G1 simply
+calls the UNet's original processor (bit-identical to plain SD).
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def install_pc_adapter(unet: nn.Module, layers: str = "cross", scale: float = 1.
         projections[name.replace(".", "_")] = proj
         processors.append(proc)
     if not processors:
-        raise ValueError(f"install_pc_adapter: the UNet has no {'attention' if layers == 'all' else 'cross-attention'} layers")
+        raise ValueError("install_pc_adapter: the UNet has no "
+                         f"{'attention' if layers == 'all' else 'cross-attention'} layers")
     return PCAdapter(projections, processors)
 
 

@@ -74,7 +74,8 @@ class PoseBranch(nn.Module):
         """latents (B,4,h,w), pose_image (B,3,h*downscale,w*downscale) in [0,1] -> residuals."""
         want = (latents.shape[-2] * self.downscale, latents.shape[-1] * self.downscale)
         if tuple(pose_image.shape[-2:]) != want:
-            raise ValueError(f"pose_image must be {want} for latents {tuple(latents.shape[-2:])}, got {tuple(pose_image.shape[-2:])}")
+            raise ValueError(f"pose_image must be {want} for latents {tuple(latents.shape[-2:])}, "
+                             f"got {tuple(pose_image.shape[-2:])}")
         dtype = self.net.dtype
         down, mid = self.net(
             latents.to(dtype),

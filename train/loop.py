@@ -30,13 +30,20 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from denseface.model.tiny_sd import vae_fingerprint
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
-from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd
+from denseface.model.tiny_sd import SDComponents, build_tiny_sd, load_sd, vae_fingerprint
 from denseface.train import checkpoint as ckpt
 from denseface.train.config import TrainConfig
-from denseface.train.data import (DataState, SampleToTensors, check_shards_per_process, effective_workers, make_loader,
-                                  make_pipeline, resolve_urls, start_workers)
+from denseface.train.data import (
+    DataState,
+    SampleToTensors,
+    check_shards_per_process,
+    effective_workers,
+    make_loader,
+    make_pipeline,
+    resolve_urls,
+    start_workers,
+)
 from denseface.train.identity_index import IdentityIndex, identity_backend
 from denseface.train.losses import TERMS, LossWeights, dense_face_loss, diffusion_target, sample_timesteps
 from denseface.train.stream import seed_of
@@ -127,7 +134,8 @@ class _Log:
 class Trainer:
     """Builds model, optimizer and data from a `TrainConfig`; `train_step` is one optimizer step."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None, sd: SDComponents | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator | None = None,
+                 sd: SDComponents | None = None) -> None:
         self.cfg = cfg
         self.accelerator = acc = accelerator or make_accelerator(cfg)
         set_seed(cfg.seed)  # the new modules' initialisation is reproducible
@@ -162,7 +170,10 @@ class Trainer:
         model.set_mode("G2")
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         for frozen in (self.sd.unet, self.sd.text_encoder):
-            frozen.to(acc.device) if self.weight_dtype == torch.float32 else frozen.to(acc.device, dtype=self.weight_dtype)
+            if self.weight_dtype == torch.float32:
+                frozen.to(acc.device)
+            else:
+                frozen.to(acc.device, dtype=self.weight_dtype)
         self.sd.vae.to(acc.device)  # fp32: fp16 VAE encoders can overflow
         self.vae_id = vae_fingerprint(self.sd.vae) if cfg.use_latents else None  # which latent.npy to trust
         if cfg.gradient_checkpointing:
@@ -288,7 +299,8 @@ class Trainer:
             batch = self.to_device(self.val_batch())
             gen = torch.Generator(device=self.accelerator.device).manual_seed(self.cfg.seed)
             n = len(batch["key"])
-            t = torch.full((n,), int(0.2 * self.noise_scheduler.config.num_train_timesteps), device=self.accelerator.device)
+            t = torch.full((n,), int(0.2 * self.noise_scheduler.config.num_train_timesteps),
+                           device=self.accelerator.device)
             terms, dense = self.forward_loss(model, batch, gen, timesteps=t)
         finally:
             model.train()

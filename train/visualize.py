@@ -33,7 +33,8 @@ def dense_panel(batch: dict, dense: dict[str, torch.Tensor], heatmaps: torch.Ten
     n = heatmaps.shape[0]
     for i in range(n):
         if "image" in batch and not bool(batch["has_latent"][i]):
-            image = ((batch["image"][i].float().permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+            pixels = batch["image"][i].float().permute(1, 2, 0).cpu().numpy()
+            image = ((pixels + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
         else:
             image = np.full((size, size, 3), 128, np.uint8)  # latent-only sample: no pixels at hand
         pose = (batch["pose_image"][i].float().permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)

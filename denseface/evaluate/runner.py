@@ -38,10 +38,28 @@ from tqdm import tqdm
 
 from denseface.evaluate import metrics as M
 from denseface.evaluate.config import EvaluateConfig
-from denseface.evaluate.image_set import (POSE_KEYS, EvalImage, EvalInputError, images_in, read_images,
-                                          read_prompts, read_subjects, write_image)
-from denseface.evaluate.scorers import (REQUIRED, ClipEncoder, DinoEncoder, Face, FaceFinder, FidScorer,
-                                        IdentityScorer, LpipsScorer, ModelRefs, parse_metrics)
+from denseface.evaluate.image_set import (
+    POSE_KEYS,
+    EvalImage,
+    EvalInputError,
+    images_in,
+    read_images,
+    read_prompts,
+    read_subjects,
+    write_image,
+)
+from denseface.evaluate.scorers import (
+    REQUIRED,
+    ClipEncoder,
+    DinoEncoder,
+    Face,
+    FaceFinder,
+    FidScorer,
+    IdentityScorer,
+    LpipsScorer,
+    ModelRefs,
+    parse_metrics,
+)
 
 ALL = "ALL"
 ID_METRICS = ("id_arcface", "id_adaface", "id_dlib")

@@ -1,15 +1,23 @@
 """The models behind each metric, loaded once before any image is generated.
 
-| metric | model (``ModelRefs`` field) | input |
-|---|---|---|
-| ``clip_t``, ``clip_i`` | transformers ``CLIPModel`` (``clip``: hub id or local folder) | whole image, the CLIP processor's resize + centre crop + normalisation; projected pooled embeddings |
-| ``dino`` | transformers ``AutoModel`` ViT/DINO (``dino``) | whole image, its image processor; the CLS token of the last layer |
-| ``id_arcface`` | insightface ArcFace ONNX (``arcface``: local ``.onnx``) | the face aligned as for training (`FaceAnalyzer`), cut at 112 px on the ArcFace template |
-| ``id_adaface`` | AdaFace IR backbone (``adaface``: local ``.ckpt``), `denseface.model.adaface` | the same 112 px crop, BGR |
-| ``id_dlib`` | dlib ResNet (face-recognition-models, offline) | the aligned 512 px face, landmark box |
-| ``face_div`` | LPIPS-alex v0.1 (``lpips``: local folder), `denseface.model.lpips` | the aligned face crop at `FACE_DIV_SIZE` px, in [-1, 1] |
-| ``fid`` | FID Inception-v3 (``fid_inception``: local ``.pth``) + torchmetrics' ``FrechetInceptionDistance`` against ``fid_reference`` (a folder of images, e.g. 10 000 FFHQ) | whole image, uint8 |
-| ``pose`` | the project's PnP on the face mesh, and Hopenet (``hopenet``) when given | the aligned 512 px face |
+Per metric, its model (``ModelRefs`` field) and its input:
+
+* ``clip_t``, ``clip_i``: transformers ``CLIPModel`` (``clip``: hub id or local folder); the
+  whole image, the CLIP processor's resize + centre crop + normalisation; projected pooled embeddings.
+* ``dino``: transformers ``AutoModel`` ViT/DINO (``dino``); the whole image, its image processor;
+  the CLS token of the last layer.
+* ``id_arcface``: insightface ArcFace ONNX (``arcface``: local ``.onnx``); the face aligned as
+  for training (`FaceAnalyzer`), cut at 112 px on the ArcFace template.
+* ``id_adaface``: AdaFace IR backbone (``adaface``: local ``.ckpt``), `denseface.model.adaface`;
+  the same 112 px crop, BGR.
+* ``id_dlib``: dlib ResNet (face-recognition-models, offline); the aligned 512 px face, landmark box.
+* ``face_div``: LPIPS-alex v0.1 (``lpips``: local folder), `denseface.model.lpips`; the aligned
+  face crop at `FACE_DIV_SIZE` px, in [-1, 1].
+* ``fid``: FID Inception-v3 (``fid_inception``: local ``.pth``) + torchmetrics'
+  ``FrechetInceptionDistance`` against ``fid_reference`` (a folder of images, e.g. 10 000 FFHQ);
+  the whole image, uint8.
+* ``pose``: the project's PnP on the face mesh, and Hopenet (``hopenet``) when given; the
+  aligned 512 px face.
 
 A configured model that cannot be loaded is an `EvalInputError` naming it and how to get it.
 """

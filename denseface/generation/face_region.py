@@ -158,8 +158,8 @@ class FaceAnalyzer:
                 quad = square_quad(w / 2, h / 2, side)
                 source = "fallback"
                 notes.append(f"no usable face in the base image ({exc}): using the default face region, the centred "
-                             f"{side:.0f} px square ({FALLBACK_SQUARE:.0%} of the shorter side), neutral pose (0, 0, 0) "
-                             f"and the default elliptical mask")
+                             f"{side:.0f} px square ({FALLBACK_SQUARE:.0%} of the shorter side), "
+                             f"neutral pose (0, 0, 0) and the default elliptical mask")
         matrix = crop_transform(quad, size)
         crop = warp_face(image, matrix, size)
         landmarks = None

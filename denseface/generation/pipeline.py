@@ -64,7 +64,14 @@ from denseface.annotators.base import Item
 from denseface.config import BuildConfig, StageConfig
 from denseface.generation.config import sampler_settings
 from denseface.generation.face_region import (
-    FEATHER, MASK_DILATE, FaceAnalyzer, FaceRegion, feather_alpha, latent_mask_from, load_photo, paste_back,
+    FEATHER,
+    MASK_DILATE,
+    FaceAnalyzer,
+    FaceRegion,
+    feather_alpha,
+    latent_mask_from,
+    load_photo,
+    paste_back,
 )
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import SDComponents, build_tiny_sd, resolve_sd
@@ -106,7 +113,8 @@ def identity_backend_for(config: DenseFaceConfig, requested: str | None = None) 
     if not requested:
         why = ("was trained on synthetic identity embeddings" if recorded == SYNTHETIC_ID
                else "does not record the identity backend it was trained with")
-        raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); give it with --id-backend dlib|arcface|irse50")
+        raise ValueError(f"the Dense-Face model {why} ({config.id_dim}-d); "
+                         "give it with --id-backend dlib|arcface|irse50")
     return requested
 
 

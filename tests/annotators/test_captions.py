@@ -211,7 +211,8 @@ def new_item(key: str, image: np.ndarray | None = None) -> Item:
 
 def models_stage(paths: dict[str, str], captioners: list[dict], **opts) -> cap.Captions:
     conf = StageConfig(backend="models", batch_size=2,
-                       options={"captioners": captioners, "clip": paths["clip"], "keep": 3, "max_new_tokens": 6, **opts})
+                       options={"captioners": captioners, "clip": paths["clip"], "keep": 3, "max_new_tokens": 6,
+                                **opts})
     return cap.Captions(BuildConfig(), conf)
 
 
@@ -289,7 +290,8 @@ def test_template_mouth_on_real_photos(real_faces):
         assert it.fields["caption_top"].startswith("a close-up photo of a person")
         assert it.fields["caption_top"].endswith("eyes open")
         assert it.fields["clip_score_top"] is None
-        assert it.fields["captions"] == [{"captioner": "template", "text": it.fields["caption_top"], "clip_score": None}]
+        assert it.fields["captions"] == [
+            {"captioner": "template", "text": it.fields["caption_top"], "clip_score": None}]
         assert json.loads(it.fields["captions_all"]) == it.fields["captions"]
         assert it.versions["captions"] == "template@1"
 
@@ -380,7 +382,8 @@ def test_models_backend_captions_and_ranks(tiny_models):
 
 def test_models_backend_batching_is_consistent(tiny_models):
     """Captions of an image do not depend on the batch it is in; beams give several per captioner."""
-    spec = [{"name": "blip-a", "kind": "blip", "path": tiny_models["blip-a"], "num_beams": 2, "num_return_sequences": 2}]
+    spec = [{"name": "blip-a", "kind": "blip", "path": tiny_models["blip-a"],
+             "num_beams": 2, "num_return_sequences": 2}]
     ims = crops(3)
     a = [new_item(f"a{i}", im) for i, im in enumerate(ims)]
     b = [new_item(f"b{i}", im) for i, im in enumerate(ims)]
@@ -399,7 +402,8 @@ def test_models_backend_batching_is_consistent(tiny_models):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_models_backend_fp16_on_gpu(tiny_models):
     captioners = [{"name": n, "kind": k, "path": tiny_models[n]}
-                  for n, k in (("blip-a", "blip"), ("git", "git"), ("vit-gpt2", "vision-encoder-decoder"), ("blip2", "blip2"))]
+                  for n, k in (("blip-a", "blip"), ("git", "git"), ("vit-gpt2", "vision-encoder-decoder"),
+                               ("blip2", "blip2"))]
     conf = StageConfig(backend="models", num_gpus=1, batch_size=2,
                        options={"captioners": captioners, "clip": tiny_models["clip"], "max_new_tokens": 6})
     stage = cap.Captions(BuildConfig(), conf)

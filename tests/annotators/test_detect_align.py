@@ -103,7 +103,8 @@ def test_group_photo_stays_rejected_and_non_faces_find_nothing(detector):
     flat = np.full((200, 300, 3), 127, np.uint8)
     import matplotlib
 
-    pack = np.asarray(Image.open(matplotlib.get_data_path() + "/sample_data/Minduka_Present_Blue_Pack.png").convert("RGB"))
+    pack = np.asarray(
+        Image.open(matplotlib.get_data_path() + "/sample_data/Minduka_Present_Blue_Pack.png").convert("RGB"))
     for image in (noise, flat, pack):
         assert detector(image) == []  # every step, dlib's CNN included, ran and found nothing
 

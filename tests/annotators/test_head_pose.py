@@ -5,10 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from denseface.geometry import mesh as mt
 from denseface.annotators.base import Item
 from denseface.annotators.detect_align import DetectAlign
 from denseface.annotators.head_pose import HeadPose
+from denseface.annotators.landmarks import Landmarks
+from denseface.config import BuildConfig, StageConfig
+from denseface.geometry import mesh as mt
 from denseface.geometry.align import loose_view
 from denseface.geometry.pose import (
     camera_matrix,
@@ -20,8 +22,6 @@ from denseface.geometry.pose import (
     rotate_in_plane,
     source_frame_pose,
 )
-from denseface.annotators.landmarks import Landmarks
-from denseface.config import BuildConfig, StageConfig
 from tests.conftest import face_mesh, photo_face
 from tests.face_variants import SINGLE_FACE, decoded, mirrored, rolled
 

@@ -8,9 +8,8 @@ import torch
 
 from denseface.annotators.base import Item
 from denseface.annotators.latent import Latent
-from denseface.model.tiny_sd import vae_fingerprint
 from denseface.config import BuildConfig, StageConfig
-from denseface.model.tiny_sd import build_tiny_sd, save_tiny_sd
+from denseface.model.tiny_sd import build_tiny_sd, save_tiny_sd, vae_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ PUBLISHED: dict[str, tuple[str, str, dict[str, Any], str]] = {
         text_config=dict(model_type="t5", vocab_size=32128, d_model=2048, d_ff=5120, d_kv=64, num_heads=32,
                          num_layers=24, num_decoder_layers=24, feed_forward_proj="gated-gelu",
                          tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                         bos_token_id=1)),  # not in the hub config: the "</s>" the processor puts after the image tokens
+                         # bos_token_id is not in the hub config: the "</s>" the processor puts after the image tokens
+                         bos_token_id=1)),
         "Salesforce/blip2-flan-t5-xl"),
     "git-large-coco": ("GitForCausalLM", "GitConfig", dict(
         vision_config=dict(**_VIT_L, image_size=224, patch_size=14), hidden_size=1024, intermediate_size=4096,
@@ -189,8 +190,9 @@ def write_iresnet_onnx(path: Path, units: tuple[int, ...] = IRESNET50_UNITS,
         return op("Conv", [x, tensor(w)], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
 
     def bn(x: str, c: int) -> str:
-        return op("BatchNormalization", [x, tensor(1 + 0.1 * rng.standard_normal(c)), tensor(0.1 * rng.standard_normal(c)),
-                                         tensor(0.1 * rng.standard_normal(c)), tensor(1 + rng.random(c))], epsilon=1e-5)
+        return op("BatchNormalization", [x, tensor(1 + 0.1 * rng.standard_normal(c)),
+                                         tensor(0.1 * rng.standard_normal(c)), tensor(0.1 * rng.standard_normal(c)),
+                                         tensor(1 + rng.random(c))], epsilon=1e-5)
 
     def prelu(x: str, c: int) -> str:
         return op("PRelu", [x, tensor(np.full((c, 1, 1), 0.25))])

@@ -173,8 +173,8 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
                            n_layers=1, codebook_size=16, img_size=64, latent_size=None, connect_list=("16", "32"))
     half = shape.dtype if shape.device != "cpu" else torch.float32
     models = {
-        "CodeFormer": (CodeFormer() if shape.full_size else CodeFormer(**tiny_codeformer), 512 if shape.full_size else 64,
-                       "nchw"),
+        "CodeFormer": (CodeFormer() if shape.full_size else CodeFormer(**tiny_codeformer),
+                       512 if shape.full_size else 64, "nchw"),
         "Hopenet (ResNet-50)": (Hopenet(), 224, "nchw"),  # its pooling needs 224 px
         "ArcFace IR-SE50 (torch)": (IRSE50(), 112, "nchw"),
         "dlib face ResNet (torch)": (DlibFaceResNet.load(dlib_weights_dir(None) / DLIB_RECOGNITION), 150, "nhwc"),

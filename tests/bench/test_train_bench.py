@@ -2,9 +2,9 @@
 
 Run with ``make bench`` (or ``.venv/bin/python -m pytest -q -m bench -s tests/bench/test_train_bench.py``).
 Prints: data-pipeline samples/s in the main process and with 2 DataLoader workers (512 px
-synthetic shards -> 64 px training tensors) against a raw tar read of the same shards, and the time of one training step of the full
-Dense-Face model against plain UNet fine-tuning (all UNet weights trained, eps loss only) on
-the same batch, with their ratio.
+synthetic shards -> 64 px training tensors) against a raw tar read of the same shards, and the
+time of one training step of the full Dense-Face model against plain UNet fine-tuning (all UNet
+weights trained, eps loss only) on the same batch, with their ratio.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ BATCH = 12
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("train_bench") / "ds", identities=8, per_identity=12, shards=4)
+    return write_synthetic_dataset(tmp_path_factory.mktemp("train_bench") / "ds", identities=8, per_identity=12,
+                                   shards=4)
 
 
 def _samples_per_s(trainer: Trainer, workers: int, batches: int) -> float:

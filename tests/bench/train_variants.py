@@ -3,8 +3,8 @@
 Why a script and not a bench test: one of the compared variants is the code before the change,
 which runs from a copy of that commit (see docs/benchmarks.md for the commands), so each variant
 is its own process; `report` prints the table of several runs. Step time is given as CPU time
-(the process's, one torch thread) next to wall time, so a shared, loaded machine skews it less. Same seed, data order and noise
-in every run; only the model options differ.
+(the process's, one torch thread) next to wall time, so a shared, loaded machine skews it less.
+Same seed, data order and noise in every run; only the model options differ.
 
     python tests/bench/train_variants.py run --data data/sample-dataset --model '{"zero_conv": false}' \
         --steps 300 --out runs/ungated.json

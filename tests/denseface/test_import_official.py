@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from denseface.cli import main
+from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 from denseface.import_official import ADAPTER_NAMES, DROPPED_EXACT, IRSE50_FILE, RELEASE_POSE_IMAGE, import_official
 from denseface.model.irse50 import IRSE50
 from denseface.model.pose_branch import PoseBranch
 from denseface.model.tiny_sd import build_tiny_tokenizer
-from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
 
 N = 1  # num_res_blocks
 HINT = (8, 16, 16, 32)
@@ -356,8 +356,8 @@ def test_safetensors_input_imports_the_same(imported, tmp_path):
 
 
 def test_release_pose_image_geometry_scales_with_the_crop():
-    from denseface.geometry.pose_image import draw_pose_axes
     from denseface.generation.face_region import FaceRegion
+    from denseface.geometry.pose_image import draw_pose_axes
 
     crop = np.zeros((128, 128, 3), np.uint8)
     region = FaceRegion(source="box", quad=np.zeros((4, 2)), matrix=np.eye(2, 3), crop=crop,

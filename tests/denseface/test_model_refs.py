@@ -12,7 +12,12 @@ from denseface.cli import main
 from denseface.config import load_config
 from denseface.model.tiny_sd import load_sd, save_tiny_sd
 from denseface.model_refs import (
-    ChecksumMismatch, MissingModel, require, resolve_file, resolve_pretrained, split_hub_ref,
+    ChecksumMismatch,
+    MissingModel,
+    require,
+    resolve_file,
+    resolve_pretrained,
+    split_hub_ref,
 )
 
 FAKE_ID = "dense-face-tests/no-such-model"
@@ -178,9 +183,8 @@ def test_train_with_a_missing_hub_model_stops_before_work(hub, tmp_path, capsys)
 def test_latent_stage_takes_the_sd_hub_id(hub):
     from denseface.annotators.base import Item
     from denseface.annotators.latent import Latent
-    from denseface.model.tiny_sd import vae_fingerprint
     from denseface.config import BuildConfig, StageConfig
-    from denseface.model.tiny_sd import build_tiny_sd
+    from denseface.model.tiny_sd import build_tiny_sd, vae_fingerprint
 
     def stage(ref: str) -> Latent:
         return Latent(BuildConfig(stages={"latent": StageConfig(backend="vae", weights=ref)}))

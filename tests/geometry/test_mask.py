@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mediapipe.python.solutions import face_mesh_connections as fmc
 
-from denseface.geometry import mesh as mt
 from denseface.geometry import mask as pm
+from denseface.geometry import mesh as mt
 from denseface.geometry.raster import render_depth
 from tests.conftest import face_mesh
 

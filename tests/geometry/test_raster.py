@@ -147,8 +147,8 @@ def test_depth_and_mask_stages_share_one_zbuffer(aligned_face):
     from denseface.annotators.base import Item
     from denseface.annotators.depth import Depth
     from denseface.annotators.pseudo_mask import PseudoMask
-    from denseface.geometry.mask import render_pseudo_mask
     from denseface.config import BuildConfig
+    from denseface.geometry.mask import render_pseudo_mask
 
     crop, lm = aligned_face
     item = Item(key="k", identity="i", source="casia", source_path="-", unit=0, image=crop, arrays={"lmk": lm})

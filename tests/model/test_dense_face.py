@@ -11,7 +11,6 @@ import torch
 from denseface.model.dense_face import DenseFace, DenseFaceConfig
 from denseface.model.tiny_sd import build_tiny_sd, encode_prompt
 
-
 CFG = DenseFaceConfig(id_dim=128, id_hidden=64, head_hidden=16, pose_embed_channels=(8, 16, 16, 32))
 
 

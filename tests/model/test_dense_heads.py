@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +13,8 @@ from denseface.model.tiny_sd import build_tiny_sd
 def _features(heads: DenseHeads, unet, batch: int = 2):
     g = torch.Generator().manual_seed(0)
     heads.capturing = True
-    unet(torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10] * batch), encoder_hidden_states=torch.randn(batch, 5, 32, generator=g))
+    unet(torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10] * batch),
+         encoder_hidden_states=torch.randn(batch, 5, 32, generator=g))
     heads.capturing = False
     return heads.pop_features()
 

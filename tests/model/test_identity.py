@@ -125,7 +125,8 @@ def test_released_linear_batchnorm_projector():
     model.eval()
     ids = _ids(2, 5)
     bn = (ids @ proj.weight.T - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
-    person = model.text_encoder.get_input_embeddings().weight[model.tokenizer("person", add_special_tokens=False).input_ids[0]]
+    person_id = model.tokenizer("person", add_special_tokens=False).input_ids[0]
+    person = model.text_encoder.get_input_embeddings().weight[person_id]
     torch.testing.assert_close(model.identity(ids), person + 0.01 * bn)
     with pytest.raises(ValueError, match="projector"):
         IdentityMLP(person, projector="mlp2")

@@ -92,7 +92,8 @@ def test_released_variant_self_and_cross_scaled_identity_query():
     q = attn.to_q(h) + 0.01 * proj.to_q(proj.feat_to_q(c_id))[:, None, :]
     k = attn.to_k(h) + 0.01 * proj.to_k(h)
     v = attn.to_v(h) + 0.01 * proj.to_v(h)
-    want = attn.to_out[0](F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(2, 5, 32))
+    want = attn.to_out[0](
+        F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).reshape(2, 5, 32))
     torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="layers"):
         install_pc_adapter(unet, layers="self")

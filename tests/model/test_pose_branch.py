@@ -11,7 +11,8 @@ from denseface.model.tiny_sd import build_tiny_sd
 
 def _inputs():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 900]), torch.randn(2, 8, 32, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    return (torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 900]), torch.randn(2, 8, 32, generator=g),
+            torch.rand(2, 3, 64, 64, generator=g))
 
 
 def test_initialised_from_unet():
@@ -21,7 +22,8 @@ def test_initialised_from_unet():
         a, b = getattr(unet, part).state_dict(), getattr(branch.net, part).state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), part
-    assert branch.net.down_blocks[0].resnets[0].conv1.weight.data_ptr() != unet.down_blocks[0].resnets[0].conv1.weight.data_ptr()
+    assert (branch.net.down_blocks[0].resnets[0].conv1.weight.data_ptr()
+            != unet.down_blocks[0].resnets[0].conv1.weight.data_ptr())
 
 
 @torch.no_grad()
@@ -32,7 +34,8 @@ def test_raw_residuals_fit_unet_skips():
     assert len(down) == 1 + len(unet.config.block_out_channels) * unet.config.layers_per_block + 2
     # the paper's variant, no zero-convs: first residual is conv_in(x) (+ pose embedding, zero at init as in ControlNet)
     assert torch.equal(down[0], unet.conv_in(x))
-    out = unet(x, t, encoder_hidden_states=c, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    out = unet(x, t, encoder_hidden_states=c, down_block_additional_residuals=down,
+               mid_block_additional_residual=mid).sample
     assert out.shape == x.shape
 
 
@@ -52,7 +55,8 @@ def test_attention_free_branch_is_the_unets_resnets_without_text():
     unet = build_tiny_sd().unet
     branch = PoseBranch(unet, zero_conv=False, attention=False)
     assert not any(isinstance(m, Attention) for m in branch.net.modules())
-    assert set(branch.net.config.down_block_types) == {"DownBlock2D"} and branch.net.config.mid_block_type == "UNetMidBlock2D"
+    assert set(branch.net.config.down_block_types) == {"DownBlock2D"}
+    assert branch.net.config.mid_block_type == "UNetMidBlock2D"
     theirs = unet.state_dict()
     mine = {k: v for k, v in branch.net.state_dict().items() if not k.startswith("controlnet_")}
     assert {k.split(".")[2] for k in mine if k.startswith("mid_block.")} == {"0", "1"}  # the release's [Res, Res]
@@ -61,7 +65,8 @@ def test_attention_free_branch_is_the_unets_resnets_without_text():
     down, mid = branch(x, t, c, pose)
     down2, mid2 = branch(x, t, torch.randn_like(c), pose)  # no text input
     assert all(torch.equal(a, b) for a, b in zip([*down, mid], [*down2, mid2]))
-    out = unet(x, t, encoder_hidden_states=c, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    out = unet(x, t, encoder_hidden_states=c, down_block_additional_residuals=down,
+               mid_block_additional_residual=mid).sample
     assert out.shape == x.shape
 
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from denseface.model.tiny_sd import (
-    SD_SUBFOLDERS, build_tiny_sd, encode_prompt, load_sd, save_tiny_sd,
+    SD_SUBFOLDERS,
+    build_tiny_sd,
+    encode_prompt,
+    load_sd,
+    save_tiny_sd,
 )
 
 

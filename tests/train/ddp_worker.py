@@ -1,9 +1,9 @@
 """One rank of `test_train_ddp` (run under ``accelerate launch``, 2 CPU processes over gloo).
 
-Usage: tests/train/ddp_worker.py SPEC_JSON OUT_DIR (SPEC: {config: TrainConfig fields, epoch_samples}). Writes ``OUT_DIR/rank{r}.json`` (world size, the
-keys of the first epoch from this rank's training loader, per-step losses of a full run and
-of a run resumed from its step-2 checkpoint) and ``OUT_DIR/params-rank{r}.pt`` (the trained
-parameters after the full run).
+Usage: tests/train/ddp_worker.py SPEC_JSON OUT_DIR (SPEC: {config: TrainConfig fields, epoch_samples}).
+Writes ``OUT_DIR/rank{r}.json`` (world size, the keys of the first epoch from this rank's training
+loader, per-step losses of a full run and of a run resumed from its step-2 checkpoint) and
+``OUT_DIR/params-rank{r}.pt`` (the trained parameters after the full run).
 """
 from __future__ import annotations
 

@@ -43,8 +43,9 @@ def ddp_run(tmp_path_factory):
     out = root / "out"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    proc = subprocess.run(LAUNCH + ["--main_process_port", env["MASTER_PORT"], str(Path(__file__).with_name("ddp_worker.py")),
-                                    str(spec), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(LAUNCH + ["--main_process_port", env["MASTER_PORT"],
+                                    str(Path(__file__).with_name("ddp_worker.py")), str(spec), str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     params = [torch.load(out / f"params-rank{r}.pt", weights_only=True) for r in range(WORLD)]

@@ -72,7 +72,8 @@ def test_resume_on_gpu(dataset, tmp_path):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    resumed = train(_cfg(dataset, tmp_path / "b", resume=str(tmp_path / "a" / "run" / "checkpoints" / "step-000004"), **kw))
+    resumed = train(_cfg(dataset, tmp_path / "b", resume=str(tmp_path / "a" / "run" / "checkpoints" / "step-000004"),
+                         **kw))
     diff = max(abs(a - b) for a, b in zip(full.losses["total"][4:], resumed.losses["total"]))
     print(f"\nGPU resume: max |loss difference| over steps 5..8 = {diff:.3g}")
     assert diff < 1e-2

@@ -55,7 +55,8 @@ def test_checkpoint_holds_only_the_trained_modules(dataset, tmp_path):
     assert state["step"] == 2 and state["optimizer"]["state"]
     assert json.loads((path / "data-rank0.json").read_text())["positions"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and set(rows[0]) == {"step", "total", "eps", "landmarks", "mask", "depth"}
+    assert [r["step"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {"step", "total", "eps", "landmarks", "mask", "depth"}
     again = train(_cfg(dataset, tmp_path / "run", steps=3, resume="latest"))
     assert (again.start_step, again.step) == (2, 3)
 

@@ -17,8 +17,17 @@ from denseface.etl.sample_data import sample_photo
 from denseface.evaluate import metrics as M
 from denseface.evaluate.image_set import EvalImage, EvalInputError, read_images, write_image
 from denseface.evaluate.runner import Scorers, score
-from denseface.evaluate.scorers import (ClipEncoder, DinoEncoder, FaceFinder, FidScorer, IdentityScorer,
-                                        LpipsScorer, ModelRefs, hf_load, parse_metrics)
+from denseface.evaluate.scorers import (
+    ClipEncoder,
+    DinoEncoder,
+    FaceFinder,
+    FidScorer,
+    IdentityScorer,
+    LpipsScorer,
+    ModelRefs,
+    hf_load,
+    parse_metrics,
+)
 from denseface.generation.face_region import load_photo
 from denseface.model import adaface, inception, lpips
 from tests.annotators.test_captions import IMG, save_clip

@@ -12,7 +12,11 @@ from denseface.cli import main, parser
 from denseface.config import add_flags, flag, flag_values, load_model_config
 from denseface.evaluate.config import EvaluateConfig
 from denseface.generation.config import (
-    DEFAULT_GUIDANCE, DEFAULT_STEPS, GenerateConfig, GenerationSettings, sampler_settings,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    GenerateConfig,
+    GenerationSettings,
+    sampler_settings,
 )
 from denseface.model.dense_face import DenseFaceConfig
 

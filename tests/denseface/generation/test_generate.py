@@ -14,7 +14,11 @@ from denseface.cli import main
 from denseface.etl.sample_data import sample_photo
 from denseface.generation.face_region import FaceAnalyzer, feather_alpha, latent_mask_from, load_photo, paste_back
 from denseface.generation.pipeline import (
-    PANEL_GAP, PANEL_MIN_HEIGHT, DenseFaceGenerator, latent_blending, side_by_side,
+    PANEL_GAP,
+    PANEL_MIN_HEIGHT,
+    DenseFaceGenerator,
+    latent_blending,
+    side_by_side,
 )
 from denseface.model.tiny_sd import save_tiny_sd
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from denseface.etl.sample_data import sample_photo
-from denseface.model_refs import MissingModel
 from denseface.generation.pipeline import DENSE_FACE_FOLDER, DenseFacePipeline
+from denseface.model_refs import MissingModel
 from tests.denseface.test_model_refs import cache_snapshot
 
 PROMPT = "a photo of a smiling man"
