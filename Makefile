@@ -122,7 +122,7 @@ browser:
 lint: venv
 	$(VENV)/bin/ruff check .
 
-test: venv sample browser
+test: lint sample browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-slow: venv sample

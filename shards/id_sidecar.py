@@ -6,9 +6,9 @@ streams all image bytes (~500 GB for the paper's 2 M samples) before the first s
 sidecar is ~0.3 KB a sample (128-d float16 + key + identity). It sits next to the tar under
 the same name, so its URL follows from the shard's, whatever the scheme.
 
-Format: an uncompressed ``.npz`` (entries dated 1980, so rebuilds give the same bytes) with ``keys`` (bytes, sorted like the tar), ``identities``
-(UTF-8 bytes) and ``emb`` (float16, one row per key). Read with ``zipfile`` + `decode_npy`
-so that reading in threads is safe.
+Format: an uncompressed ``.npz`` (entries dated 1980, so rebuilds give the same bytes) with
+``keys`` (bytes, sorted like the tar), ``identities`` (UTF-8 bytes) and ``emb`` (float16, one
+row per key). Read with ``zipfile`` + `decode_npy` so that reading in threads is safe.
 """
 from __future__ import annotations
 

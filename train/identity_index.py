@@ -227,5 +227,6 @@ class IdentityIndex:
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("version") != INDEX_VERSION:
-        raise ValueError(f"identity index {path} has version {meta.get('version')}, expected {INDEX_VERSION}; delete it")
+        raise ValueError(f"identity index {path} has version {meta.get('version')}, "
+                         f"expected {INDEX_VERSION}; delete it")
     return {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False) for name in FILES}

@@ -56,8 +56,8 @@ def synthetic_image(mask: np.ndarray, depth: np.ndarray, tint: np.ndarray, rng: 
 
 def synthetic_members(key: str, identity: str, id_vec: np.ndarray, tint: np.ndarray,
                       rng: np.random.Generator, latent_size: int | None = None) -> dict[str, bytes]:
-    from denseface.geometry.raster import render_depth
     from denseface.geometry.mask import render_pseudo_mask
+    from denseface.geometry.raster import render_depth
 
     yaw, pitch, roll = rng.uniform(-35, 35), rng.uniform(-15, 15), rng.uniform(-12, 12)
     lmk = synthetic_landmarks(yaw, pitch, roll, scale=rng.uniform(0.03, 0.037),

@@ -173,7 +173,8 @@ def _row_panels(sample: dict[str, Any], row: pd.Series) -> tuple[np.ndarray, lis
     pose = sample_pose(meta, row)
     if pose is not None:
         base = (img.astype(np.uint16) + 255) // 2 if img is not None else np.full((P, P, 3), 255)
-        center = tuple(float(v) for v in np.clip(lmk[1, :2] * P, 0, P - 1)) if lmk is not None and len(lmk) > 1 else None
+        has_nose = lmk is not None and len(lmk) > 1
+        center = tuple(float(v) for v in np.clip(lmk[1, :2] * P, 0, P - 1)) if has_nose else None
         strip[:, 4 * P:5 * P] = draw_pose_axes(*pose, canvas=base.astype(np.uint8), center=center)
     else:
         na(4, "pose")

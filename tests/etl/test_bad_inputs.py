@@ -20,7 +20,7 @@ from denseface.errors import OutputBusy, OutputError
 from denseface.etl import build as build_mod
 from denseface.etl.build import build_dataset
 from denseface.etl.lock import LOCK_NAME, output_lock
-from denseface.etl.readers import read_celeba, read_folder, read_release
+from denseface.etl.readers import read_celeba, read_release
 from denseface.etl.sample_data import sample_photo
 from denseface.shards.manifest import read_manifest
 from denseface.shards.schema import MAX_KEY_LEN

@@ -115,7 +115,8 @@ def test_celeba_index_parsers_never_crash(tmp_path, identity, attrs, bbox):
                         ("list_bbox_celeba.txt", bbox)):
         (root / name).write_text("\n".join(lines), encoding="utf-8", errors="replace")
     recs = [r for r in read_celeba(root) if not r.skip]  # skipped: junk lines of the optional tables
-    nonblank = [ln for ln in (root / "identity_CelebA.txt").read_text("utf-8-sig", errors="replace").split("\n") if ln.split()]
+    index = (root / "identity_CelebA.txt").read_text("utf-8-sig", errors="replace")
+    nonblank = [ln for ln in index.split("\n") if ln.split()]
     assert len(recs) == len(nonblank)  # every index line is one record: good or an error row
     assert all(r.error or (r.identity.isdigit() and Path(r.source_path).parent.name == "img_align_celeba")
                for r in recs)

@@ -8,8 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from denseface.shards.manifest import (ManifestError, accepted_keys, manifest_files, manifest_rows, query_manifest,
-                                       read_manifest)
+from denseface.shards.manifest import (
+    ManifestError,
+    accepted_keys,
+    manifest_files,
+    manifest_rows,
+    query_manifest,
+    read_manifest,
+)
 
 
 @pytest.fixture()

@@ -6,10 +6,17 @@ import pytest
 import torch
 
 from denseface.errors import UserError
-
 from denseface.shards.reader import iter_samples
-from denseface.train.data import (BadShardError, CorruptSampleWarning, DataState, SampleToTensors, collate, make_loader,
-                                  make_pipeline, resolve_urls)
+from denseface.train.data import (
+    BadShardError,
+    CorruptSampleWarning,
+    DataState,
+    SampleToTensors,
+    collate,
+    make_loader,
+    make_pipeline,
+    resolve_urls,
+)
 from denseface.train.identity_index import IdentityIndex, fingerprint
 from denseface.train.synthetic import SYNTHETIC_VAE, write_synthetic_dataset
 from denseface.train.targets import render_heatmaps

@@ -26,9 +26,9 @@ from denseface.shards.schema import DEPTH, JPG, JSON, LMK, MASK, encode_depth, e
 def _depth_mask_pose(lmk: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """The real annotators where they are importable; otherwise simple stand-ins."""
     try:
-        from denseface.geometry.raster import render_depth
-        from denseface.geometry.pose import pose_from_landmarks
         from denseface.geometry.mask import render_pseudo_mask
+        from denseface.geometry.pose import pose_from_landmarks
+        from denseface.geometry.raster import render_depth
 
         return render_depth(lmk), render_pseudo_mask(lmk), pose_from_landmarks(lmk)
     except ImportError:
