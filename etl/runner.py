@@ -97,6 +97,9 @@ class RayRunner:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the build shows one bar of its own
         ctx.print_on_execution_start = False
+        # Items come back in the order given, so units complete one after another and the sink
+        # holds about one unit of packed samples, not any number of half-finished ones.
+        ctx.execution_options.preserve_order = True
         rows = [{"unit": it.unit, "item": pickle.dumps(it)} for it in items]
         first = self.groups[0][0].conf.batch_size
         # Enough blocks to keep every worker busy, no more than batches (or Ray's overhead grows).

@@ -24,6 +24,7 @@ from denseface.config import BuildConfig, StageConfig
 from denseface.etl.build import build_dataset
 from denseface.etl.readers import read_casia
 from denseface.shards.manifest import read_manifest
+from tests.bench.casia_corpus import casia_sized
 
 pytestmark = pytest.mark.bench
 COPIES = 30
@@ -44,24 +45,8 @@ def corpus(tmp_path_factory, sample_casia):
 
 @pytest.fixture(scope="module")
 def casia_corpus(corpus, tmp_path_factory):
-    """Each photo of `corpus` cut to a square of 2.2x the face mesh's extent around its centre
-    (a photo the mesh misses at full size: its centre square) and saved as a 250x250 JPEG
-    (quality 90), CASIA-WebFace's format."""
-    root = tmp_path_factory.mktemp("bench_casia")
-    mesh = FaceMesh()
-    for p in sorted(q for q in corpus.rglob("*") if q.is_file()):
-        im = Image.open(p).convert("RGB")
-        lmk = mesh(np.ascontiguousarray(np.asarray(im)))
-        if lmk is None:  # a photo that is already a tight face crop: its centre square
-            centre, side = np.array(im.size) / 2, float(min(im.size))
-        else:
-            xy = lmk[:, :2] * np.array(im.size)
-            centre, side = (xy.min(0) + xy.max(0)) / 2, 2.2 * float((xy.max(0) - xy.min(0)).max())
-        box = (*(centre - side / 2), *(centre + side / 2))
-        dst = root / p.parent.name / (p.stem + ".jpg")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        im.crop(tuple(int(round(v)) for v in box)).resize((250, 250), Image.BICUBIC).save(dst, quality=90)
-    return root
+    """`corpus` in CASIA-WebFace's format (`casia_corpus.casia_sized`)."""
+    return casia_sized(sorted(q for q in corpus.rglob("*") if q.is_file()), tmp_path_factory.mktemp("bench_casia"))
 
 
 def _rate(n: int, fn) -> float:
