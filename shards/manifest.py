@@ -58,16 +58,13 @@ def query_manifest(dataset: str | Path, sql: str) -> pd.DataFrame:
     ``SELECT identity, count(*) AS n FROM manifest WHERE status = 'ok' GROUP BY 1``."""
     import duckdb
 
-    con = connect(dataset)
-    try:
+    with connect(dataset) as con:
         try:
             return con.execute(sql).df()
         except duckdb.Error as e:
             cols = ", ".join(manifest_columns(con))
             raise ManifestError(f"manifest query failed: {e}\n  query: {sql}\n  the view is `manifest`, "
                                 f"columns: {cols}") from None
-    finally:
-        con.close()
 
 
 def accepted_keys(dataset: str | Path, where: str | None = None, limit: int | None = None) -> list[str]:
@@ -76,12 +73,11 @@ def accepted_keys(dataset: str | Path, where: str | None = None, limit: int | No
     `ManifestError` saying how many samples the dataset accepted."""
     import duckdb
 
-    con = connect(dataset)
-    try:
-        cond = f"status = {_sql_str(Status.OK)}"
-        if where and where.strip():
-            cond += f" AND ({where})"
-        tail = "" if limit is None else f" LIMIT {int(limit)}"
+    cond = f"status = {_sql_str(Status.OK)}"
+    if where and where.strip():
+        cond += f" AND ({where})"
+    tail = "" if limit is None else f" LIMIT {int(limit)}"
+    with connect(dataset) as con:
         try:
             keys = [r[0] for r in con.execute(f"SELECT key FROM manifest WHERE {cond} ORDER BY key{tail}").fetchall()]
         except duckdb.Error as e:
@@ -93,18 +89,13 @@ def accepted_keys(dataset: str | Path, where: str | None = None, limit: int | No
             what = f"match --where {where!r}" if where and where.strip() else "exist"
             raise ManifestError(f"no accepted samples {what} in {dataset} "
                                 f"({n_ok} accepted in the dataset)")
-    finally:
-        con.close()
     return keys
 
 
 def manifest_rows(dataset: str | Path, keys: Sequence[str]) -> pd.DataFrame:
     """The manifest rows of these accepted samples, in key order."""
-    con = connect(dataset)
-    try:
+    with connect(dataset) as con:
         con.register("picked", pd.DataFrame({"key": list(keys)}))
         df = con.execute(f"SELECT m.* FROM manifest m JOIN picked USING (key) "
                          f"WHERE m.status = {_sql_str(Status.OK)} ORDER BY m.key").df()
-    finally:
-        con.close()
     return df.reset_index(drop=True)

@@ -17,8 +17,8 @@ from denseface.shards.schema import REQUIRED_MEMBERS, Status, shard_name
 from denseface.shards.writer import file_sha256, own_temporaries, unit_paths, units_on_disk
 
 
-def tar_members(path: Path) -> dict[str, set[str]]:
-    """key -> member extensions (headers only); raises on a truncated or unsafe tar."""
+def tar_members(path: str | Path) -> dict[str, set[str]]:
+    """key -> member extensions of a local tar (headers only); raises on a truncated or unsafe tar."""
     members: dict[str, set[str]] = defaultdict(set)
     for key, ext, _ in iter_members(path, read=lambda key, ext: False):
         members[key].add(ext)

@@ -42,8 +42,9 @@ import webdataset as wds
 from webdataset.shardlists import expand_urls
 
 from denseface.errors import UserError
-from denseface.shards.reader import iter_members, local_path, shard_paths
+from denseface.shards.reader import local_path, shard_paths
 from denseface.shards.schema import DEPTH, ID, JPG, JSON, LATENT, LMK, MASK, decode_members
+from denseface.shards.verify import tar_members
 from denseface.train.identity_index import IdentityIndex
 from denseface.train.stream import Position, ShardStream, seed_of
 from denseface.train.targets import depth_tensor, image_tensor, mask_tensor, pose_tensor, render_heatmaps
@@ -65,8 +66,7 @@ def shard_problem(url: str) -> str:
     if local_path(url) is None:
         return ""
     try:
-        for _ in iter_members(url, read=lambda key, ext: False):
-            pass
+        tar_members(url)
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return ""

@@ -84,16 +84,13 @@ def _numeric(df: pd.DataFrame, col: str) -> np.ndarray:
 
 def _read_report_frame(dataset: str | Path) -> pd.DataFrame:
     """The manifest columns the report uses (not the big ones it does not)."""
-    con = connect(dataset)
-    try:
+    with connect(dataset) as con:
         cols = manifest_columns(con)
         want = ["key", "status", "reason", "identity", "versions", *POSE_COLUMNS,
                 *(c + "_src" for c in POSE_COLUMNS), "caption_top", "clip_score_top",
                 "captions_all"] + [c for c in cols if is_timing_column(c)]
         sel = ", ".join(f'"{c}"' for c in want if c in cols)
         return con.execute(f"SELECT {sel} FROM manifest").df()
-    finally:
-        con.close()
 
 
 def _section_pose(ok: pd.DataFrame) -> str:

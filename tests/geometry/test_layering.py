@@ -19,21 +19,21 @@ def test_geometry_imports_no_other_project_module():
     assert [n for n in loaded if n != "denseface" and not n.startswith("denseface.geometry")] == []
 
 
+def imported_modules(path: pathlib.Path) -> list[str]:
+    """Every module a source file imports, at any depth (lazy imports inside functions too)."""
+    tree = ast.parse(path.read_text())
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    return names + [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+
+
 def test_trainer_and_inspection_do_not_import_annotators():
-    for folder in ("train", "denseface/inspection"):  # a package or one module
-        where = ROOT / folder
-        for path in sorted(where.rglob("*.py")) if where.is_dir() else [where.with_suffix(".py")]:
-            tree = ast.parse(path.read_text())
-            names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
-            names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-            assert not [n for n in names if n.startswith("denseface.annotators")], path
+    for folder in ("train", "denseface/inspection"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            assert not [n for n in imported_modules(path) if n.startswith("denseface.annotators")], path
 
 
 def test_shards_import_only_shards_and_errors():
     """shards/ owns the dataset format: it reads and writes it for every layer above and imports none of them."""
     for path in sorted((ROOT / "shards").glob("*.py")):
-        tree = ast.parse(path.read_text())
-        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
-        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        project = [n for n in names if n.startswith("denseface")]
+        project = [n for n in imported_modules(path) if n.startswith("denseface")]
         assert all(n.startswith("denseface.shards") or n == "denseface.errors" for n in project), (path, project)
