@@ -198,6 +198,7 @@ class DlibDescriptor:
     runs dlib's own network (needed for ``num_jitters`` > 0, dlib's random jitter)."""
 
     dim = 128
+    FORWARD_BATCH = 8  # images per torch forward (see __call__)
 
     def __init__(self, folder: Path, num_jitters: int = 0, padding: float = 0.25, engine: str = "torch",
                  device: str = "cpu", threads: int = 1) -> None:
@@ -229,8 +230,14 @@ class DlibDescriptor:
 
             chips = np.stack([self._dlib.get_face_chip(im, sh, size=150, padding=self.padding)
                               for im, sh in zip(images, shapes)])
+            # Every forward has the same shape: oneDNN picks other kernels for a batch of one or two
+            # (1.8e-7 off, enough to flip a float16 id.npy byte), so how a runner happens to cut
+            # batches would change the shards. Short chunks are padded with their last chip.
+            n = len(chips)
+            chips = np.concatenate([chips, np.repeat(chips[-1:], -n % self.FORWARD_BATCH, axis=0)])
             with torch.inference_mode():
-                return self._torch_net(torch.from_numpy(chips).to(self.device)).double().cpu().numpy()
+                return np.concatenate([self._torch_net(torch.from_numpy(chunk).to(self.device)).double().cpu().numpy()
+                                       for chunk in np.split(chips, len(chips) // self.FORWARD_BATCH)])[:n]
         dets = []
         for sh in shapes:
             dets.append(self._dlib.full_object_detections())

@@ -32,6 +32,15 @@ def pack(item: Item, jpeg_quality: int) -> None:
     item.scratch = {}
 
 
+def use_reserved_cpus(groups: list[list[Stage]]) -> None:
+    """Hold OpenCV to the CPUs the process's stage groups reserved. Its own pool would start a
+    thread per core of the machine, and those threads mostly spin: one process on the 2-core box
+    took 7 % more CPU for no speed, CPU that the second worker needs (docs/benchmarks.md)."""
+    import cv2
+
+    cv2.setNumThreads(max(1, int(max(g[0].conf.num_cpus for g in groups))))
+
+
 def run_group(stages: list[Stage], items: list[Item], last: bool, jpeg_quality: int) -> list[Item]:
     for stage in stages:
         stage.process(items)
@@ -46,6 +55,7 @@ class LocalRunner:
 
     def __init__(self, stages: list[Stage], jpeg_quality: int) -> None:
         self.groups, self.jpeg_quality = stage_groups(stages), jpeg_quality
+        use_reserved_cpus(self.groups)
 
     def run(self, items: list[Item]) -> Iterator[Item]:
         size = min(g[0].conf.batch_size for g in self.groups)
@@ -61,6 +71,7 @@ class _GroupWorker:
 
     def __init__(self, stages: list[Stage], last: bool, jpeg_quality: int) -> None:
         self.stages, self.last, self.jpeg_quality = stages, last, jpeg_quality
+        use_reserved_cpus([stages])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(b) for b in batch["item"]]
@@ -84,6 +95,12 @@ def init_ray(workers: int) -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)  # our own bar and summary say what matters
 
 
+# Each block is one Ray task, which costs the driver, the raylet and the actor a few ms of CPU
+# whatever its size: 64 inputs (about 2 s of CPU work) instead of one batch of 16 made a
+# 2-worker build 6 % faster (docs/benchmarks.md).
+MIN_BLOCK_ROWS = 64
+
+
 class RayRunner:
     """Ray Data: one ``map_batches`` actor pool per stage group."""
 
@@ -101,9 +118,9 @@ class RayRunner:
         # holds about one unit of packed samples, not any number of half-finished ones.
         ctx.execution_options.preserve_order = True
         rows = [{"unit": it.unit, "item": pickle.dumps(it)} for it in items]
-        first = self.groups[0][0].conf.batch_size
-        # Enough blocks to keep every worker busy, no more than batches (or Ray's overhead grows).
-        blocks = max(1, min(len(rows), max(4 * self.workers, len(rows) // first), 2000))
+        per_block = max(self.groups[0][0].conf.batch_size, MIN_BLOCK_ROWS)
+        # Enough blocks to keep every worker busy; beyond that, blocks of at least MIN_BLOCK_ROWS.
+        blocks = max(1, min(len(rows), max(4 * self.workers, len(rows) // per_block), 2000))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         for i, group in enumerate(self.groups):
             conf = group[0].conf

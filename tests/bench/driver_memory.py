@@ -109,9 +109,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.trace.write_text(json.dumps([r["samples"] for r in runs]))
     for r in runs:
         print(json.dumps({k: v for k, v in r.items() if k != "samples"}))
-    if len(runs) == 2:
-        print(f"Ray scaling {runs[1]['workers']} workers / {runs[0]['workers']}: "
-              f"{runs[1]['images_per_s'] / runs[0]['images_per_s']:.2f}")
     return {"runs": runs}
 
 

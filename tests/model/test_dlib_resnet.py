@@ -68,3 +68,15 @@ def test_engine_option_is_checked():
     with pytest.raises(ValueError, match="needs engine: dlib"):
         identity_stage("dlib", num_jitters=2).check()
     identity_stage("dlib", engine="dlib", num_jitters=2).check()
+
+
+def test_torch_descriptors_do_not_depend_on_how_images_are_batched(faces):  # noqa: F811
+    """A runner cuts batches as its blocks fall (Ray: blocks of 65 inputs end in a batch of one);
+    the stored descriptors must be the same bits however they were cut."""
+    keys = sorted(faces)
+    whole = [it.arrays["id"] for it in identity_stage("dlib", engine="torch").process(fresh(faces, *keys))]
+    for size in (1, 2, 3):
+        stage = identity_stage("dlib", engine="torch")
+        cut = [it.arrays["id"] for start in range(0, len(keys), size)
+               for it in stage.process(fresh(faces, *keys[start:start + size]))]
+        assert all(np.array_equal(a, b) for a, b in zip(whole, cut, strict=True)), size

@@ -1,0 +1,119 @@
+"""Ray's scaling from one worker to two, next to what two processes get from this machine at all
+(issue 16).
+
+``python -m tests.bench.ray_scaling --images 3000 --shard-size 100`` builds the same CASIA-sized
+inputs (`driver_memory.corpus`) five ways, one after another, each into a fresh folder:
+
+- ``local``: ``--runner local``, one process, no Ray;
+- ``local x2``: two such processes at once, each into its own folder: two workers that share
+  nothing, the most any two-worker scheme can get from the machine;
+- ``ray 1``: one Ray worker. The driver (unpacking results, writing shards), Ray's services and
+  mediapipe's graph threads still have the other cores;
+- ``ray 1, core 0``: the same with the build, and so everything it starts, held to core 0;
+- ``ray 2``: two Ray workers.
+
+Each run reports its whole rate (inputs / the build's seconds, start-up included), its steady
+rate and the cores it kept busy (``/proc/stat``). The steady rate counts the units committed
+after the ``--skip``-th (a unit's stats json is written last) over the time since: it leaves out
+the start-up (Ray's services, actors importing mediapipe, dlib and torch, the first unit), about
+10 s here, which a two-million-image build pays once. The shards of every run must be the same.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.bench.driver_memory import corpus
+
+BURST_S = 0.2
+RUNS = {"local": ("local", 1, 1, None), "local x2": ("local", 1, 2, None), "ray 1": ("ray", 1, 1, None),
+        "ray 1, core 0": ("ray", 1, 1, {0}), "ray 2": ("ray", 2, 1, None)}  # runner, workers, processes, cpus
+RATIOS = {"ray 2 / ray 1 (issue 16: >= 1.8)": ("ray 2", "ray 1"),
+          "ray 2 / ray 1 on one core (scaling with cores)": ("ray 2", "ray 1, core 0"),
+          "local x2 / local (the machine's ceiling for two processes)": ("local x2", "local"),
+          "ray 2 / local x2 (Ray's share of that ceiling)": ("ray 2", "local x2"),
+          "ray 1 / local": ("ray 1", "local")}
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the machine so far."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+
+
+def unit_rates(out: Path, skip: int) -> dict[str, float]:
+    """Whole and steady images/s of a finished build in ``out`` (module docstring)."""
+    summary = json.loads((out / "run_summary.json").read_text())
+    units = sorted((p.stat().st_mtime, json.loads(p.read_text())["n_inputs"]) for p in (out / "stats").glob("*.json"))
+    # Units arrive in bursts (a Ray block can finish several): those committed within BURST_S of
+    # the start belong to the burst that started the clock, not to the time measured.
+    start = units[min(skip, len(units) - 1)][0]
+    after = [(t, n) for t, n in units if t > start + BURST_S]
+    if len(after) < 2:
+        raise ValueError(f"{out}: {len(units)} units, too few after the first {skip} for a steady rate")
+    return {"inputs": summary["inputs"], "accepted": summary["accepted"],
+            "whole": summary["inputs"] / summary["seconds"],
+            "steady": sum(n for _, n in after) / (after[-1][0] - start)}
+
+
+def shard_digest(out: Path) -> str:
+    """One hash over the tars' bytes: equal builds, equal digests."""
+    h = hashlib.sha256()
+    for tar in sorted(out.glob("shard-*.tar")):
+        h.update(tar.read_bytes())
+    return h.hexdigest()
+
+
+def measure(name: str, src: Path, work: Path, shard_size: int, skip: int) -> dict:
+    runner, workers, processes, cpus = RUNS[name]
+    outs = [work / f"out-{name.replace(' ', '').replace(',', '-')}-{i}" for i in range(processes)]
+    cmd = [str(Path(sys.executable).parent / "denseface"), "build-dataset", "--source", f"casia:{src}",
+           "--runner", runner, "--workers", str(workers), "--shard-size", str(shard_size)]
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    busy0, all0, started = *_busy_ticks(), time.perf_counter()
+    procs = [subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+             for out in outs]
+    logs = [p.communicate()[0].decode(errors="replace") for p in procs]
+    busy1, all1, wall = *_busy_ticks(), time.perf_counter() - started
+    if failed := [log for p, log in zip(procs, logs) if p.returncode != 0]:
+        raise RuntimeError(f"{name}: build failed:\n{failed[0][-3000:]}")
+    rates = [unit_rates(out, skip) for out in outs]
+    return {"run": name, "images": sum(r["inputs"] for r in rates), "accepted": sum(r["accepted"] for r in rates),
+            "whole_per_s": round(sum(r["whole"] for r in rates), 1),
+            "steady_per_s": round(sum(r["steady"] for r in rates), 1),
+            "cores_busy": round((busy1 - busy0) / (all1 - all0) * os.cpu_count(), 2), "wall_s": round(wall, 1),
+            "shards": [shard_digest(out) for out in outs]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--per-identity", type=int, default=20)
+    ap.add_argument("--shard-size", type=int, default=100)
+    ap.add_argument("--skip", type=int, default=5, help="units left out of the steady rate (start-up)")
+    ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/denseface-ray-scaling"))
+    args = ap.parse_args(argv)
+    src = corpus(args.work, args.images, args.per_identity)
+    runs = {}
+    for name in args.runs:
+        runs[name] = measure(name, src, args.work, args.shard_size, args.skip)
+        print(json.dumps({k: v for k, v in runs[name].items() if k != "shards"}), flush=True)
+    ratios = {label: {rate: round(runs[a][rate] / runs[b][rate], 2) for rate in ("steady_per_s", "whole_per_s")}
+              for label, (a, b) in RATIOS.items() if a in runs and b in runs}
+    for label, r in ratios.items():
+        print(f"{label}: steady {r['steady_per_s']:.2f}, whole {r['whole_per_s']:.2f}")
+    return {"runs": runs, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()
