@@ -47,11 +47,16 @@ def _memory(pid: int) -> dict[str, int] | None:
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssShmem") if k in fields}
 
 
+def build_command(src: Path, out: Path, runner: str, workers: int, shard_size: int) -> list[str]:
+    """``denseface build-dataset`` of the CASIA-style folder ``src`` into ``out``, from this venv."""
+    return [str(Path(sys.executable).parent / "denseface"), "build-dataset", "--source", f"casia:{src}",
+            "--out", str(out), "--runner", runner, "--workers", str(workers), "--shard-size", str(shard_size)]
+
+
 def measure(src: Path, out: Path, workers: int, shard_size: int, every: float) -> dict:
     """Run one Ray build of ``src`` into a fresh ``out``, sampling the driver's memory."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent / "denseface"), "build-dataset", "--source", f"casia:{src}",
-           "--out", str(out), "--runner", "ray", "--workers", str(workers), "--shard-size", str(shard_size)]
+    cmd = build_command(src, out, "ray", workers, shard_size)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     bar_seen = threading.Event()

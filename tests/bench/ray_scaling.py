@@ -21,16 +21,15 @@ the start-up (Ray's services, actors importing mediapipe, dlib and torch, the fi
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from tests.bench.driver_memory import corpus
+from tests.bench.driver_memory import build_command, corpus
 
 BURST_S = 0.2
 RUNS = {"local": ("local", 1, 1, None), "local x2": ("local", 1, 2, None), "ray 1": ("ray", 1, 1, None),
@@ -48,10 +47,12 @@ def _busy_ticks() -> tuple[int, int]:
     return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
 
 
-def unit_rates(out: Path, skip: int) -> dict[str, float]:
-    """Whole and steady images/s of a finished build in ``out`` (module docstring)."""
+def unit_rates(out: Path, skip: int) -> dict:
+    """Whole and steady images/s of a finished build in ``out`` (module docstring), and its
+    shards' SHA-256 in unit order, as the build recorded them in the units' stats."""
     summary = json.loads((out / "run_summary.json").read_text())
-    units = sorted((p.stat().st_mtime, json.loads(p.read_text())["n_inputs"]) for p in (out / "stats").glob("*.json"))
+    stats = [(p.stat().st_mtime, json.loads(p.read_text())) for p in (out / "stats").glob("*.json")]
+    units = sorted((t, s["n_inputs"]) for t, s in stats)
     # Units arrive in bursts (a Ray block can finish several): those committed within BURST_S of
     # the start belong to the burst that started the clock, not to the time measured.
     start = units[min(skip, len(units) - 1)][0]
@@ -60,38 +61,35 @@ def unit_rates(out: Path, skip: int) -> dict[str, float]:
         raise ValueError(f"{out}: {len(units)} units, too few after the first {skip} for a steady rate")
     return {"inputs": summary["inputs"], "accepted": summary["accepted"],
             "whole": summary["inputs"] / summary["seconds"],
-            "steady": sum(n for _, n in after) / (after[-1][0] - start)}
-
-
-def shard_digest(out: Path) -> str:
-    """One hash over the tars' bytes: equal builds, equal digests."""
-    h = hashlib.sha256()
-    for tar in sorted(out.glob("shard-*.tar")):
-        h.update(tar.read_bytes())
-    return h.hexdigest()
+            "steady": sum(n for _, n in after) / (after[-1][0] - start),
+            "shards": [s["tar_sha256"] for _, s in sorted(stats, key=lambda ts: ts[1]["unit"])]}
 
 
 def measure(name: str, src: Path, work: Path, shard_size: int, skip: int) -> dict:
     runner, workers, processes, cpus = RUNS[name]
     outs = [work / f"out-{name.replace(' ', '').replace(',', '-')}-{i}" for i in range(processes)]
-    cmd = [str(Path(sys.executable).parent / "denseface"), "build-dataset", "--source", f"casia:{src}",
-           "--runner", runner, "--workers", str(workers), "--shard-size", str(shard_size)]
     for out in outs:
         shutil.rmtree(out, ignore_errors=True)
     busy0, all0, started = *_busy_ticks(), time.perf_counter()
-    procs = [subprocess.Popen([*cmd, "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-             for out in outs]
-    logs = [p.communicate()[0].decode(errors="replace") for p in procs]
+    # Output goes to files: a pipe left unread while the other process is awaited fills up with
+    # progress-bar updates and stalls its writer, which would slow the very runs being timed.
+    logs = [out.with_name(f"{out.name}.log") for out in outs]
+    with contextlib.ExitStack() as stack:
+        procs = [subprocess.Popen(build_command(src, out, runner, workers, shard_size),
+                                  stdout=stack.enter_context(log.open("wb")), stderr=subprocess.STDOUT,
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                 for out, log in zip(outs, logs)]
+        for p in procs:
+            p.wait()
     busy1, all1, wall = *_busy_ticks(), time.perf_counter() - started
     if failed := [log for p, log in zip(procs, logs) if p.returncode != 0]:
-        raise RuntimeError(f"{name}: build failed:\n{failed[0][-3000:]}")
+        raise RuntimeError(f"{name}: build failed:\n{failed[0].read_text(errors='replace')[-3000:]}")
     rates = [unit_rates(out, skip) for out in outs]
     return {"run": name, "images": sum(r["inputs"] for r in rates), "accepted": sum(r["accepted"] for r in rates),
             "whole_per_s": round(sum(r["whole"] for r in rates), 1),
             "steady_per_s": round(sum(r["steady"] for r in rates), 1),
             "cores_busy": round((busy1 - busy0) / (all1 - all0) * os.cpu_count(), 2), "wall_s": round(wall, 1),
-            "shards": [shard_digest(out) for out in outs]}
+            "shards": [tuple(r["shards"]) for r in rates]}
 
 
 def main(argv: list[str] | None = None) -> dict:
