@@ -26,12 +26,12 @@ from denseface.errors import OutputError, UserError
 from denseface.etl.lock import output_lock
 from denseface.etl.plan import Unit, make_plan
 from denseface.etl.readers import Record, parse_source, read_source
-from denseface.etl.runner import LocalRunner, RayRunner
+from denseface.etl.runner import LocalRunner, RayRunner, UnitJob
 from denseface.etl.stages import build_fingerprint, build_stages, manifest_schema
+from denseface.etl.unit_writer import UnitWriter
 from denseface.shards import schema
-from denseface.shards.rows import manifest_row
 from denseface.shards.verify import check_unit, read_plan
-from denseface.shards.writer import own_temporaries, remove_unit, unit_paths, units_on_disk, write_json, write_unit
+from denseface.shards.writer import own_temporaries, remove_unit, unit_paths, units_on_disk, write_json
 
 
 def new_item(key: str, unit: int, rec) -> Item:
@@ -40,40 +40,6 @@ def new_item(key: str, unit: int, rec) -> Item:
     if rec.error:
         item.fail(schema.Status.REJECTED, rec.error)
     return item
-
-
-class ShardSink:
-    """Collects finished items per unit and writes a unit once all its inputs are in."""
-
-    def __init__(self, root: Path, units: dict[int, Unit], stage_names: list[str], arrow_schema,
-                 build_fp: str) -> None:
-        self.root, self.units, self.stage_names = root, units, stage_names
-        self.arrow_schema, self.build_fp = arrow_schema, build_fp
-        self.pending: dict[int, list[Item]] = {}
-        self.written = 0
-
-    def add(self, item: Item) -> None:
-        items = self.pending.setdefault(item.unit, [])
-        items.append(item)
-        if len(items) == len(self.units[item.unit].inputs):
-            self._write(self.units[item.unit], self.pending.pop(item.unit))
-
-    def _write(self, unit: Unit, items: list[Item]) -> None:
-        shard = schema.shard_name(unit.index)
-        keep = set(self.arrow_schema.names)
-        rows = [{k: v for k, v in manifest_row(it, shard, self.stage_names).items() if k in keep} for it in items]
-        samples = [(it.key, it.members) for it in items if it.ok]
-        statuses = Counter(it.status for it in items)
-        members = sorted({ext for _, m in samples for ext in m}) or list(schema.REQUIRED_MEMBERS)
-        stats = {"unit": unit.index, "fingerprint": unit.fingerprint, "build_fingerprint": self.build_fp,
-                 "n_inputs": len(items), "n_ok": statuses[schema.Status.OK],
-                 "n_rejected": statuses[schema.Status.REJECTED], "n_error": statuses[schema.Status.ERROR],
-                 "members": members,
-                 "reasons": dict(Counter(_reason_class(it.reason) for it in items if not it.ok)),
-                 "ms_total": {n: round(sum(it.timings.get(n, 0.0) for it in items), 3) for n in self.stage_names},
-                 "n_timed": {n: sum(n in it.timings for it in items) for n in self.stage_names}}
-        write_unit(self.root, unit.index, samples, rows, self.arrow_schema, stats)
-        self.written += 1
 
 
 def remove_stale_temporaries(root: Path) -> int:
@@ -85,11 +51,6 @@ def remove_stale_temporaries(root: Path) -> int:
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
     return len(stale)
-
-
-def _reason_class(reason: str) -> str:
-    """``"decode: image too small: 1x1 ..."`` -> ``"decode: image too small"``: groups for summaries."""
-    return ":".join(reason.split(":")[:2]).strip()
 
 
 @dataclass
@@ -211,23 +172,29 @@ def _build_locked(cfg: BuildConfig, root: Path, stages, build_fp: str, units: li
         print(f"removed {len(stale)} unit(s) beyond this plan's {len(units)}, left by an earlier build "
               f"(first: {schema.shard_name(stale[0])})", file=sys.stderr)
     todo = [u for u in units if check_unit(root, u.index, u.fingerprint, build_fp)]
-    sink = ShardSink(root, {u.index: u for u in todo}, names, manifest_schema(stages), build_fp)
-    runner = (RayRunner(stages, cfg.jpeg_quality, cfg.workers) if cfg.runner == "ray"
-              else LocalRunner(stages, cfg.jpeg_quality))
+    writer = UnitWriter(root.resolve(), tuple(names), manifest_schema(stages), build_fp, cfg.jpeg_quality)
+    if cfg.runner == "ray":
+        runner: LocalRunner | RayRunner = RayRunner(stages, writer, cfg.workers)
+        if 0 < len(todo) < cfg.workers:
+            print(f"note: {len(todo)} unit(s) to write for {cfg.workers} workers: a unit is one worker's task, so "
+                  f"{cfg.workers - len(todo)} will idle; a smaller --shard-size spreads the inputs", file=sys.stderr)
+    else:
+        runner = LocalRunner(stages, writer)
+    written: set[int] = set()
     total = sum(len(u.inputs) for u in todo)
     with tqdm(total=total, desc="build-dataset", unit="img", disable=not progress or not total,
               file=sys.stderr) as bar:
-        # Waves of units bound what the driver holds (item stubs, units in flight) on a
-        # two-million-image run; each wave is one execution of the runner.
+        # Waves of units bound what the driver holds (item stubs) on a two-million-image run;
+        # each wave is one execution of the runner.
         for start in range(0, len(todo), cfg.wave_units):
-            wave = todo[start:start + cfg.wave_units]
-            for item in runner.run([new_item(p.key, p.unit, p.record) for u in wave for p in u.inputs]):
-                sink.add(item)
-                bar.update(1)
-    if sink.pending:
-        raise RuntimeError(f"units {sorted(sink.pending)} did not receive all their inputs")
+            jobs = [UnitJob(u.index, u.fingerprint, [new_item(p.key, p.unit, p.record) for p in u.inputs])
+                    for u in todo[start:start + cfg.wave_units]]
+            written.update(stats["unit"] for stats in runner.run(jobs, bar.update))
+    remove_stale_temporaries(root)  # a Ray worker killed while writing (Ray ran its unit again elsewhere)
+    if missing := sorted({u.index for u in todo} - written):
+        raise RuntimeError(f"units {missing} were not written")
     stats = [json.loads(unit_paths(root, u.index)["stats"].read_text()) for u in units]
-    result = _summarise(stats, len(units), sink.written, len(units) - len(todo), time.perf_counter() - started,
+    result = _summarise(stats, len(units), len(written), len(units) - len(todo), time.perf_counter() - started,
                         skipped, seen)
     write_json(root / "run_summary.json", {
         **asdict(result), "balanced": result.balanced, "finished": datetime.now(timezone.utc).isoformat(),

@@ -1,82 +1,95 @@
-"""Executing stage groups over items: in-process (debugging, tests) or on Ray Data.
+"""Executing stage groups over units: in-process (debugging, tests) or on Ray Data.
 
-Both runners run the same stage objects; Ray only adds the distribution. The last group
-also packs each item into its tar members, so encoding happens in the workers and the
-driver only writes bytes.
+Both runners run the same stage objects; Ray only adds the distribution. The unit of work is
+a unit (a shard's inputs), and the process that runs the last stage group writes it
+(`etl.unit_writer`): the driver sends item stubs out and gets each unit's stats back, never
+sample bytes.
 """
 from __future__ import annotations
 
 import logging
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
 from denseface.etl.stages import stage_groups
-from denseface.shards.rows import sample_json
-from denseface.shards.schema import Status, encode_members
+from denseface.etl.unit_writer import UnitWriter
+
+Progress = Callable[[int], Any]  # called with the number of inputs just finished
 
 
-def pack(item: Item, jpeg_quality: int) -> None:
-    """Turn an accepted item's pixels and arrays into tar member bytes."""
-    if item.ok:
-        try:
-            item.members = encode_members(item.image, sample_json(item), item.arrays, jpeg_quality)
-        except Exception as exc:  # noqa: BLE001 - one sample's encoding must not stop the unit
-            item.fail(Status.ERROR, f"pack: {type(exc).__name__}: {exc}")
-    item.image = None
-    item.arrays = {}
-    item.scratch = {}
+@dataclass
+class UnitJob:
+    """One unit's items on their way through the stage groups."""
+
+    index: int
+    fingerprint: str
+    items: list[Item]
 
 
-def use_reserved_cpus(groups: list[list[Stage]]) -> None:
+def use_reserved_cpus(num_cpus: float) -> None:
     """Hold OpenCV to the CPUs the process's stage groups reserved. Its own pool would start a
     thread per core of the machine, and those threads mostly spin: one process on the 2-core box
     took 7 % more CPU for no speed, CPU that the second worker needs (docs/benchmarks.md)."""
     import cv2
 
-    cv2.setNumThreads(max(1, int(max(g[0].conf.num_cpus for g in groups))))
+    cv2.setNumThreads(max(1, int(num_cpus)))
 
 
-def run_group(stages: list[Stage], items: list[Item], last: bool, jpeg_quality: int) -> list[Item]:
-    for stage in stages:
-        stage.process(items)
-    if last:
-        for item in items:
-            pack(item, jpeg_quality)
-    return items
+def run_batches(groups: list[list[Stage]], items: list[Item], size: int, writer: UnitWriter | None,
+                progress: Progress | None = None) -> None:
+    """The groups over ``items`` in batches of ``size``; with the writer (the last group runs
+    here), each batch is packed as soon as its stages are done, which drops its pixels."""
+    for start in range(0, len(items), size):
+        batch = items[start:start + size]
+        for stages in groups:
+            for stage in stages:
+                stage.process(batch)
+        if writer is not None:
+            for item in batch:
+                writer.pack(item)
+        if progress is not None:
+            progress(len(batch))
 
 
 class LocalRunner:
-    """Everything in this process, batch by batch: no Ray needed."""
+    """Everything in this process, unit by unit: no Ray needed."""
 
-    def __init__(self, stages: list[Stage], jpeg_quality: int) -> None:
-        self.groups, self.jpeg_quality = stage_groups(stages), jpeg_quality
-        use_reserved_cpus(self.groups)
+    def __init__(self, stages: list[Stage], writer: UnitWriter) -> None:
+        self.groups, self.writer = stage_groups(stages), writer
+        use_reserved_cpus(max(g[0].conf.num_cpus for g in self.groups))
 
-    def run(self, items: list[Item]) -> Iterator[Item]:
+    def run(self, jobs: list[UnitJob], progress: Progress) -> Iterator[dict[str, Any]]:
+        """Each unit's stats, once it is written."""
         size = min(g[0].conf.batch_size for g in self.groups)
-        for start in range(0, len(items), size):
-            batch = items[start:start + size]
-            for i, group in enumerate(self.groups):
-                run_group(group, batch, i == len(self.groups) - 1, self.jpeg_quality)
-            yield from batch
+        for job in jobs:
+            run_batches(self.groups, job.items, size, self.writer, progress)
+            yield self.writer.write(job.index, job.fingerprint, job.items)
 
 
 class _GroupWorker:
-    """Ray Data actor: holds one group's models for its lifetime."""
+    """Ray Data actor: holds one group's models for its lifetime; the last group's also writes."""
 
-    def __init__(self, stages: list[Stage], last: bool, jpeg_quality: int) -> None:
-        self.stages, self.last, self.jpeg_quality = stages, last, jpeg_quality
-        use_reserved_cpus([stages])
+    def __init__(self, stages: list[Stage], writer: UnitWriter | None) -> None:
+        self.stages, self.writer = stages, writer
+        use_reserved_cpus(stages[0].conf.num_cpus)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [pickle.loads(b) for b in batch["item"]]
-        run_group(self.stages, items, self.last, self.jpeg_quality)
-        return {"unit": batch["unit"], "item": np.array([pickle.dumps(it) for it in items], dtype=object)}
+        return {"unit": np.array([pickle.dumps(self._one(pickle.loads(b))) for b in batch["unit"]], dtype=object)}
+
+    def _one(self, job: UnitJob) -> UnitJob | dict[str, Any] | OSError:
+        run_batches([self.stages], job.items, self.stages[0].conf.batch_size, self.writer)
+        if self.writer is None:
+            return job
+        try:
+            return self.writer.write(job.index, job.fingerprint, job.items)
+        except OSError as exc:  # the driver raises it as the build's own (a full disk is the user's to fix)
+            return exc
 
 
 def init_ray(workers: int) -> None:
@@ -86,7 +99,7 @@ def init_ray(workers: int) -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                               "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
@@ -95,40 +108,41 @@ def init_ray(workers: int) -> None:
     logging.getLogger("ray").setLevel(logging.ERROR)  # our own bar and summary say what matters
 
 
-# Each block is one Ray task, which costs the driver, the raylet and the actor a few ms of CPU
-# whatever its size: 64 inputs (about 2 s of CPU work) instead of one batch of 16 made a
-# 2-worker build 6 % faster (docs/benchmarks.md).
-MIN_BLOCK_ROWS = 64
-
-
 class RayRunner:
-    """Ray Data: one ``map_batches`` actor pool per stage group."""
+    """Ray Data: one ``map_batches`` actor pool per stage group, one unit per row and per task.
 
-    def __init__(self, stages: list[Stage], jpeg_quality: int, workers: int) -> None:
-        self.groups, self.jpeg_quality, self.workers = stage_groups(stages), jpeg_quality, workers
+    A row is never split, so every group sees whole units and the last one can write them; a
+    unit's task is seconds of work, so Ray's fixed cost per task does not count. Between groups
+    (the paper preset's GPU stages) a unit's pixels travel as one object: shard size × about
+    1 MB.
+    """
 
-    def run(self, items: list[Item]) -> Iterator[Item]:
+    def __init__(self, stages: list[Stage], writer: UnitWriter, workers: int) -> None:
+        self.groups, self.writer, self.workers = stage_groups(stages), writer, workers
+
+    def run(self, jobs: list[UnitJob], progress: Progress) -> Iterator[dict[str, Any]]:
+        """Each unit's stats, in the order the workers finish them."""
         import ray.data
 
+        if not jobs:
+            return
         init_ray(self.workers)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets up its own logger on import
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the build shows one bar of its own
         ctx.print_on_execution_start = False
-        # Items come back in the order given, so units complete one after another and the sink
-        # holds about one unit of packed samples, not any number of half-finished ones.
-        ctx.execution_options.preserve_order = True
-        rows = [{"unit": it.unit, "item": pickle.dumps(it)} for it in items]
-        per_block = max(self.groups[0][0].conf.batch_size, MIN_BLOCK_ROWS)
-        # Enough blocks to keep every worker busy; beyond that, blocks of at least MIN_BLOCK_ROWS.
-        blocks = max(1, min(len(rows), max(4 * self.workers, len(rows) // per_block), 2000))
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ray.data.from_items([{"unit": pickle.dumps(job)} for job in jobs], override_num_blocks=len(jobs))
         for i, group in enumerate(self.groups):
             conf = group[0].conf
-            ds = ds.map_batches(_GroupWorker, fn_constructor_args=(group, i == len(self.groups) - 1,
-                                                                   self.jpeg_quality),
-                                batch_size=conf.batch_size, batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=conf.concurrency or self.workers),
+            writer = self.writer if i == len(self.groups) - 1 else None
+            actors = min(conf.concurrency or self.workers, len(jobs))  # an actor with no unit would only load models
+            ds = ds.map_batches(_GroupWorker, fn_constructor_args=(group, writer), batch_size=1,
+                                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                                 num_cpus=conf.num_cpus, num_gpus=conf.num_gpus)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for blob in batch["item"]:
-                yield pickle.loads(blob)
+            for blob in batch["unit"]:
+                stats = pickle.loads(blob)
+                if isinstance(stats, OSError):
+                    raise stats
+                progress(stats["n_inputs"])
+                yield stats

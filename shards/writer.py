@@ -27,7 +27,8 @@ from denseface.shards.schema import is_safe_key, shard_name
 TMP_MARK = ".tmp-"
 # Exactly the temporary names `atomic_write` gives the files a build writes, and where: a
 # build or verify touches no other file, whatever the user keeps in the folder.
-_OWN_TMP = {".": re.compile(r"(shard-\d{6}\.tar|plan\.json|run_summary\.json)\.tmp-\d+-[0-9a-f]{8}"),
+_OWN_TMP = {".": re.compile(r"(shard-\d{6}(\.tar|\.ids\.npz)|plan\.json|run_summary\.json)"
+                            r"\.tmp-\d+-[0-9a-f]{8}"),
             "manifest": re.compile(r"shard-\d{6}\.parquet\.tmp-\d+-[0-9a-f]{8}"),
             "stats": re.compile(r"shard-\d{6}\.json\.tmp-\d+-[0-9a-f]{8}")}
 
@@ -106,7 +107,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_unit(root: Path, unit: int, samples: list[tuple[str, dict[str, bytes]]],
-               rows: list[dict[str, Any]], schema: pa.Schema, stats: dict[str, Any]) -> None:
+               rows: list[dict[str, Any]], schema: pa.Schema, stats: dict[str, Any]) -> dict[str, Any]:
+    """Writes the unit's files and returns the stats json it wrote last (the commit mark)."""
     paths = unit_paths(root, unit)
     rows = sorted(rows, key=lambda r: r["key"])
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -118,3 +120,4 @@ def write_unit(root: Path, unit: int, samples: list[tuple[str, dict[str, bytes]]
     stats = dict(stats, tar_bytes=paths["tar"].stat().st_size, tar_sha256=file_sha256(paths["tar"]),
                  manifest_sha256=file_sha256(paths["manifest"]))
     write_json(paths["stats"], stats)
+    return stats

@@ -3,15 +3,17 @@
 ``python -m tests.bench.driver_memory --images 20000 --shard-size 1000 --workers 2`` makes
 ``--images`` CASIA-sized inputs (``casia_corpus``; identities of ``--per-identity`` images),
 runs ``denseface build-dataset --runner ray`` on them in a subprocess and samples that
-process's memory (the driver's own, not Ray's raylet or workers) every ``--every`` seconds
-from ``/proc``. The baseline is the driver's RSS when its progress bar appears: imports,
-stage set-up, reading and planning done, Ray not yet started. Reported: peak RSS (and its
-anonymous part, the heap that held samples) above that baseline, images/s, and the tar bytes
-per accepted sample, which with the shard size gives the driver's bound.
+process's memory (the driver's own) every ``--every`` seconds from ``/proc``, and that of its
+stage workers (Ray's ``MapWorker`` processes, which write the units). The baseline is the
+driver's RSS when its progress bar appears: imports, stage set-up, reading and planning done,
+Ray not yet started. Reported: the driver's peak RSS (and its anonymous part, the heap) above
+that baseline, the largest worker's peak RSS, images/s, and the tar bytes per accepted sample,
+which with the shard size gives the workers' bound (a unit of packed samples each).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +22,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from denseface.etl.readers import read_casia
 from denseface.etl.sample_data import ensure_sample
@@ -47,6 +51,20 @@ def _memory(pid: int) -> dict[str, int] | None:
     return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssShmem") if k in fields}
 
 
+def _worker_pids(driver: int) -> list[int]:
+    """Stage workers under the driver (its local Ray's raylet starts them)."""
+    try:
+        children = psutil.Process(driver).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if "MapWorker" in " ".join(child.cmdline()):
+                found.append(child.pid)
+    return found
+
+
 def build_command(src: Path, out: Path, runner: str, workers: int, shard_size: int) -> list[str]:
     """``denseface build-dataset`` of the CASIA-style folder ``src`` into ``out``, from this venv."""
     return [str(Path(sys.executable).parent / "denseface"), "build-dataset", "--source", f"casia:{src}",
@@ -70,7 +88,7 @@ def measure(src: Path, out: Path, workers: int, shard_size: int, every: float) -
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    base, peak, samples = None, {}, []
+    base, peak, samples, worker_peak = None, {}, [], 0
     while (mem := _memory(proc.pid)) is not None and proc.poll() is None:
         t = time.perf_counter() - started
         if base is None and bar_seen.is_set():
@@ -78,6 +96,8 @@ def measure(src: Path, out: Path, workers: int, shard_size: int, every: float) -
         if base is not None:
             samples.append((round(t, 1), mem["VmRSS"] // MB))
             peak = {k: max(v, peak.get(k, 0)) for k, v in mem.items()}
+            for pid in _worker_pids(proc.pid):
+                worker_peak = max(worker_peak, (_memory(pid) or {}).get("VmRSS", 0))
         time.sleep(every)
     stdout = proc.communicate()[0].decode()
     reader.join()
@@ -94,6 +114,7 @@ def measure(src: Path, out: Path, workers: int, shard_size: int, every: float) -
             "peak_above_base_mb": (peak["VmRSS"] - base["VmRSS"]) // MB,
             "peak_anon_above_base_mb": (peak["RssAnon"] - base["RssAnon"]) // MB,
             "peak_shmem_mb": peak.get("RssShmem", 0) // MB, "peak_at_s": t_peak,
+            "worker_peak_rss_mb": worker_peak // MB,
             "tar_bytes_per_accepted": round(tar_bytes / max(1, summary["accepted"])),
             "units": summary["units_total"], "samples": samples}
 

@@ -2,21 +2,21 @@
 (issue 16).
 
 ``python -m tests.bench.ray_scaling --images 3000 --shard-size 100`` builds the same CASIA-sized
-inputs (`driver_memory.corpus`) five ways, one after another, each into a fresh folder:
+inputs (`driver_memory.corpus`) several ways, one after another, each into a fresh folder:
 
 - ``local``: ``--runner local``, one process, no Ray;
 - ``local x2``: two such processes at once, each into its own folder: two workers that share
   nothing, the most any two-worker scheme can get from the machine;
-- ``ray 1``: one Ray worker. The driver (unpacking results, writing shards), Ray's services and
-  mediapipe's graph threads still have the other cores;
-- ``ray 1, core 0``: the same with the build, and so everything it starts, held to core 0;
-- ``ray 2``: two Ray workers.
+- ``ray 1`` / ``ray 2``: one or two Ray workers. With one, the driver and Ray's services still
+  have the other core.
 
 Each run reports its whole rate (inputs / the build's seconds, start-up included), its steady
 rate and the cores it kept busy (``/proc/stat``). The steady rate counts the units committed
 after the ``--skip``-th (a unit's stats json is written last) over the time since: it leaves out
 the start-up (Ray's services, actors importing mediapipe, dlib and torch, the first unit), about
-10 s here, which a two-million-image build pays once. The shards of every run must be the same.
+10 s here, which a two-million-image build pays once. The 2-core box is a VM whose speed drifts
+by ±10 % from minute to minute, so ``--rounds`` repeats the whole list (interleaved) and the
+figures are medians. The shards of every run must be the same.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -32,12 +33,11 @@ from pathlib import Path
 from tests.bench.driver_memory import build_command, corpus
 
 BURST_S = 0.2
-RUNS = {"local": ("local", 1, 1, None), "local x2": ("local", 1, 2, None), "ray 1": ("ray", 1, 1, None),
-        "ray 1, core 0": ("ray", 1, 1, {0}), "ray 2": ("ray", 2, 1, None)}  # runner, workers, processes, cpus
+RUNS = {"local": ("local", 1, 1), "local x2": ("local", 1, 2), "ray 1": ("ray", 1, 1),
+        "ray 2": ("ray", 2, 1)}  # runner, workers, processes at once
 RATIOS = {"ray 2 / ray 1 (issue 16: >= 1.8)": ("ray 2", "ray 1"),
-          "ray 2 / ray 1 on one core (scaling with cores)": ("ray 2", "ray 1, core 0"),
-          "local x2 / local (the machine's ceiling for two processes)": ("local x2", "local"),
-          "ray 2 / local x2 (Ray's share of that ceiling)": ("ray 2", "local x2"),
+          "local x2 / local (two processes that share nothing)": ("local x2", "local"),
+          "ray 2 / local x2 (Ray's share of what two processes get)": ("ray 2", "local x2"),
           "ray 1 / local": ("ray 1", "local")}
 
 
@@ -53,8 +53,8 @@ def unit_rates(out: Path, skip: int) -> dict:
     summary = json.loads((out / "run_summary.json").read_text())
     stats = [(p.stat().st_mtime, json.loads(p.read_text())) for p in (out / "stats").glob("*.json")]
     units = sorted((t, s["n_inputs"]) for t, s in stats)
-    # Units arrive in bursts (a Ray block can finish several): those committed within BURST_S of
-    # the start belong to the burst that started the clock, not to the time measured.
+    # Units committed within BURST_S of the one that starts the clock (two workers finishing
+    # together) belong to its burst, not to the time measured.
     start = units[min(skip, len(units) - 1)][0]
     after = [(t, n) for t, n in units if t > start + BURST_S]
     if len(after) < 2:
@@ -66,7 +66,7 @@ def unit_rates(out: Path, skip: int) -> dict:
 
 
 def measure(name: str, src: Path, work: Path, shard_size: int, skip: int) -> dict:
-    runner, workers, processes, cpus = RUNS[name]
+    runner, workers, processes = RUNS[name]
     outs = [work / f"out-{name.replace(' ', '').replace(',', '-')}-{i}" for i in range(processes)]
     for out in outs:
         shutil.rmtree(out, ignore_errors=True)
@@ -76,8 +76,7 @@ def measure(name: str, src: Path, work: Path, shard_size: int, skip: int) -> dic
     logs = [out.with_name(f"{out.name}.log") for out in outs]
     with contextlib.ExitStack() as stack:
         procs = [subprocess.Popen(build_command(src, out, runner, workers, shard_size),
-                                  stdout=stack.enter_context(log.open("wb")), stderr=subprocess.STDOUT,
-                                  preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                                  stdout=stack.enter_context(log.open("wb")), stderr=subprocess.STDOUT)
                  for out, log in zip(outs, logs)]
         for p in procs:
             p.wait()
@@ -92,6 +91,12 @@ def measure(name: str, src: Path, work: Path, shard_size: int, skip: int) -> dic
             "shards": [tuple(r["shards"]) for r in rates]}
 
 
+def _median(runs: list[dict]) -> dict:
+    keys = ("whole_per_s", "steady_per_s", "cores_busy", "wall_s")
+    return {**runs[0], **{k: round(statistics.median(r[k] for r in runs), 2) for k in keys},
+            "steady_each": [r["steady_per_s"] for r in runs], "shards": [s for r in runs for s in r["shards"]]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=3000)
@@ -99,15 +104,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--shard-size", type=int, default=100)
     ap.add_argument("--skip", type=int, default=5, help="units left out of the steady rate (start-up)")
     ap.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the list, interleaved; report medians")
     ap.add_argument("--work", type=Path, default=Path("/tmp/denseface-ray-scaling"))
     args = ap.parse_args(argv)
     src = corpus(args.work, args.images, args.per_identity)
-    runs = {}
-    for name in args.runs:
-        runs[name] = measure(name, src, args.work, args.shard_size, args.skip)
-        print(json.dumps({k: v for k, v in runs[name].items() if k != "shards"}), flush=True)
+    each: dict[str, list[dict]] = {name: [] for name in args.runs}
+    for round_ in range(args.rounds):
+        for name in args.runs:
+            each[name].append(measure(name, src, args.work, args.shard_size, args.skip))
+            print(json.dumps({"round": round_ + 1, **{k: v for k, v in each[name][-1].items() if k != "shards"}}),
+                  flush=True)
+    runs = {name: _median(r) for name, r in each.items()}
     ratios = {label: {rate: round(runs[a][rate] / runs[b][rate], 2) for rate in ("steady_per_s", "whole_per_s")}
               for label, (a, b) in RATIOS.items() if a in runs and b in runs}
+    for name, r in runs.items():
+        print(f"{name}: median of {args.rounds}: steady {r['steady_per_s']:.1f} {r['steady_each']}, "
+              f"whole {r['whole_per_s']:.1f} images/s, {r['cores_busy']:.2f} cores busy")
     for label, r in ratios.items():
         print(f"{label}: steady {r['steady_per_s']:.2f}, whole {r['whole_per_s']:.2f}")
     return {"runs": runs, "ratios": ratios}

@@ -186,9 +186,10 @@ def test_only_the_builds_own_temporaries_are_removed(tmp_path):
             out / "deep" / "shard-000000.tar.tmp-1-deadbeef": b"user"}
     for p, data in mine.items():
         _junk(p, data)
-    stale = _junk(out / "stats" / "shard-000007.json.tmp-42-0badcafe", b"half")
+    stale = [_junk(out / "stats" / "shard-000007.json.tmp-42-0badcafe", b"half"),
+             _junk(out / "shard-000003.ids.npz.tmp-42-0badcafe", b"half")]
     build_dataset(_cfg(out, f"casia:{src}"), progress=False)
-    assert not stale.exists()
+    assert not any(p.exists() for p in stale)
     assert {p: p.read_bytes() for p in mine} == mine
 
 

@@ -1,16 +1,24 @@
-"""The Ray runner gives items back in the order it was given them, whatever order its workers
-finish in: units then complete one after another and the build's sink holds one unit at a time
-(the driver-memory bound of docs/benchmarks.md). Each worker process runs OpenCV on the CPUs
-its stage group reserved, not on every core of the machine."""
+"""Runners take units and give back each unit's stats once the unit is written. On Ray the
+worker that runs the last stage group writes it (the driver gets no sample bytes), and a write
+that fails there is raised in the driver as the same OSError. Each worker process runs OpenCV on
+the CPUs its stage group reserved, not on every core of the machine."""
+from __future__ import annotations
+
+import errno
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from denseface.annotators.base import Item, Reject, Stage
 from denseface.config import BuildConfig, StageConfig
-from denseface.etl.runner import LocalRunner, RayRunner, _GroupWorker
-
-pytestmark = pytest.mark.ray
+from denseface.etl.runner import LocalRunner, RayRunner, UnitJob, _GroupWorker
+from denseface.etl.unit_writer import UnitWriter
+from denseface.shards.schema import manifest_schema
+from denseface.shards.writer import unit_paths
 
 
 class _Delay(Stage):
@@ -23,31 +31,67 @@ class _Delay(Stage):
         raise Reject("done")
 
 
-def test_ray_runner_keeps_input_order():
+@dataclass(frozen=True)
+class _PidWriter(UnitWriter):
+    """Says in the stats which process wrote the unit."""
+
+    def write(self, unit: int, fingerprint: str, items: list[Item]) -> dict[str, Any]:
+        return {**super().write(unit, fingerprint, items), "pid": os.getpid()}
+
+
+def _writer(root: Path) -> _PidWriter:
+    return _PidWriter(root, ("delay",), manifest_schema({}, ["delay"]), "fp", 95)
+
+
+def _jobs(units: int, per_unit: int) -> list[UnitJob]:
+    return [UnitJob(u, f"fp{u}", [Item(key=f"k{u}-{i}", identity="x", source="test", source_path=f"/x/{u}/{i}",
+                                       unit=u, fields={"delay": 0.2 if u == 0 else 0.0}) for i in range(per_unit)])
+            for u in range(units)]
+
+
+def _run(runner, jobs: list[UnitJob]) -> tuple[list[dict[str, Any]], list[int]]:
+    done: list[int] = []
+    return list(runner.run(jobs, done.append)), done
+
+
+@pytest.mark.ray
+def test_ray_workers_write_the_units_and_return_their_stats(tmp_path):
     import ray
 
-    stage = _Delay(BuildConfig(), StageConfig(batch_size=1))
-    # unit 0's first item is slow: a runner yielding items as they finish would put later units first
-    items = [Item(key=f"k{i:02d}", identity="x", source="test", source_path=f"/x/{i}", unit=i // 4,
-                  fields={"delay": 1.0 if i == 0 else 0.0}) for i in range(16)]
+    stage = _Delay(BuildConfig(), StageConfig(batch_size=2))
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "manifest").write_text("a file where the manifest folder goes")
     try:
-        out = list(RayRunner([stage], jpeg_quality=95, workers=2).run(items))
+        stats, done = _run(RayRunner([stage], _writer(tmp_path / "out"), workers=2), _jobs(4, 3))
+        with pytest.raises(OSError) as raised:
+            _run(RayRunner([stage], _writer(blocked), workers=2), _jobs(1, 3))
     finally:
         ray.shutdown()
-    assert [it.key for it in out] == [it.key for it in items]
-    assert all(it.reason == "delay: done" for it in out)
+    assert sorted(s["unit"] for s in stats) == [0, 1, 2, 3] and done == [3] * 4
+    assert all(s["pid"] != os.getpid() and s["n_rejected"] == 3 for s in stats)  # written in the workers
+    assert all(unit_paths(tmp_path / "out", u)["stats"].is_file() for u in range(4))
+    assert raised.value.errno in (errno.EEXIST, errno.ENOTDIR)
 
 
-def test_workers_hold_opencv_to_their_reserved_cpus():
+def test_local_runner_writes_each_unit_and_reports_every_batch(tmp_path):
+    runner = LocalRunner([_Delay(BuildConfig(), StageConfig(batch_size=2))], _writer(tmp_path))
+    stats, done = _run(runner, _jobs(2, 3))
+    assert [s["unit"] for s in stats] == [0, 1] and done == [2, 1, 2, 1]
+    assert all(s["pid"] == os.getpid() for s in stats)
+    assert all(unit_paths(tmp_path, u)["manifest"].is_file() for u in range(2))
+
+
+def test_workers_hold_opencv_to_their_reserved_cpus(tmp_path):
     import cv2
 
     before = cv2.getNumThreads()
     try:
         for cpus in (2.0, 1.0):
-            _GroupWorker([_Delay(BuildConfig(), StageConfig(num_cpus=cpus))], last=True, jpeg_quality=95)
+            _GroupWorker([_Delay(BuildConfig(), StageConfig(num_cpus=cpus))], writer=None)
             assert cv2.getNumThreads() == int(cpus)
         cv2.setNumThreads(before)
-        LocalRunner([_Delay(BuildConfig(), StageConfig(num_cpus=0.5))], jpeg_quality=95)
+        LocalRunner([_Delay(BuildConfig(), StageConfig(num_cpus=0.5))], _writer(tmp_path))
         assert cv2.getNumThreads() == 1  # a fraction of a CPU is still one thread
     finally:
         cv2.setNumThreads(before)
