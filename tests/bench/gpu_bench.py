@@ -10,7 +10,8 @@ its baseline.
   optional ``latent.npy`` gives them) vs plain full-UNet fine-tuning vs diffusers ControlNet
   training (frozen UNet, the nearest peer), all with the same VAE and text encoding;
 * ETL model stages in images/s at a batch size: CodeFormer (512 px), Hopenet (ResNet-50,
-  224 px), ArcFace IR-SE50 (112 px), dlib's face ResNet in torch (150 px chips), ArcFace R50
+  224 px), ArcFace IR-SE50 (112 px), dlib's face ResNet in torch (150 px chips), the latent
+  stage's VAE encoder (512 px, fp32), ArcFace R50
   as an ONNX graph under onnxruntime, the caption stage's captioners at their published sizes
   and CLIP ViT-L/14 scoring (`tests/bench/annotation_models.py`), and from these the GPU-hours
   to annotate the paper's 2 M images.
@@ -199,6 +200,17 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
         out[name] = rate(run)
         del net, x
         _free()
+
+    vae = _sd(shape).vae.eval()  # the latent stage's encoder, in fp32 as the stage runs it
+    pixels = torch.randn(shape.stage_batch, 3, shape.resolution, shape.resolution, device=shape.device)
+
+    def encode() -> None:
+        with torch.inference_mode():
+            vae.encode(pixels).latent_dist.mean
+
+    out[f"VAE encoder (latent stage, {shape.resolution} px, fp32)"] = rate(encode)
+    vae = pixels = None
+    _free()
 
     tiny_r50 = {} if shape.full_size else dict(units=(1, 1, 1, 1), widths=(8, 16, 16, 32))
     r50 = am.write_iresnet_onnx(work / "r50.onnx", **tiny_r50)

@@ -23,8 +23,9 @@ def test_gpu_bench_code_runs_on_cpu_with_tiny_shapes(tmp_path):
     from tests.bench.annotation_models import CAPTIONERS
 
     assert {"CodeFormer", "Hopenet (ResNet-50)", "ArcFace IR-SE50 (torch)", "dlib face ResNet (torch)",
-            "ArcFace R50 (ONNX, CPU)", "CLIP scoring (clip-vit-large-patch14, 6 captions)"} <= set(stages)
-    assert {f"caption {name}" for name in CAPTIONERS} <= set(stages) and len(stages) == 6 + len(CAPTIONERS)
+            "VAE encoder (latent stage, 64 px, fp32)", "ArcFace R50 (ONNX, CPU)",
+            "CLIP scoring (clip-vit-large-patch14, 6 captions)"} <= set(stages)
+    assert {f"caption {name}" for name in CAPTIONERS} <= set(stages) and len(stages) == 7 + len(CAPTIONERS)
     assert all(rate > 0 for rate in stages.values())
     hours, summed = gpu_hours(stages, "cpu", images=3600)
     assert "ArcFace R50 (ONNX, CPU)" in summed and len(summed) == len(stages) - 2
