@@ -110,6 +110,18 @@ def sd21_unet_config() -> dict:
     )
 
 
+def sd21_vae_config() -> dict:
+    """SD 2.1-base's VAE (the latent stage's encoder): for GPU checks with random weights."""
+    return dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, sample_size=512)
+
+
+def tiny_vae_config() -> dict:
+    return dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+                latent_channels=4, norm_num_groups=8, sample_size=64)
+
+
 def build_random_sd21(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                       seed: int = 0) -> SDComponents:
     """SD 2.1-base's architecture (stabilityai/stable-diffusion-2-1-base configs) with random
@@ -118,9 +130,7 @@ def build_random_sd21(device: str | torch.device = "cpu", dtype: torch.dtype = t
     tok = build_tiny_tokenizer()
     with torch.device(device):
         unet = UNet2DConditionModel(**sd21_unet_config())
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                            sample_size=512)
+        vae = AutoencoderKL(**sd21_vae_config())
         text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
                                             num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
                                             hidden_act="gelu", projection_dim=1024, bos_token_id=tok.bos_token_id,
@@ -136,17 +146,7 @@ def build_tiny_sd(seed: int = 0) -> SDComponents:
     """Tiny SD components from configs, deterministic for a given seed; all in eval mode."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config())
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-    )
+    vae = AutoencoderKL(**tiny_vae_config())
     tokenizer = build_tiny_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

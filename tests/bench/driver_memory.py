@@ -72,7 +72,7 @@ def build_command(src: Path, out: Path, runner: str, workers: int, shard_size: i
 
 
 def measure(src: Path, out: Path, workers: int, shard_size: int, every: float) -> dict:
-    """Run one Ray build of ``src`` into a fresh ``out``, sampling the driver's memory."""
+    """Run one Ray build of ``src`` into a fresh ``out``, sampling the driver's and its workers' memory."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = build_command(src, out, "ray", workers, shard_size)
     started = time.perf_counter()

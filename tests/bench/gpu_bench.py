@@ -201,7 +201,12 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
         del net, x
         _free()
 
-    vae = _sd(shape).vae.eval()  # the latent stage's encoder, in fp32 as the stage runs it
+    from diffusers import AutoencoderKL
+
+    from denseface.model.tiny_sd import sd21_vae_config, tiny_vae_config
+
+    # the latent stage's encoder alone (not a whole SD), in fp32 as the stage runs it
+    vae = AutoencoderKL(**(sd21_vae_config() if shape.full_size else tiny_vae_config())).to(shape.device).eval()
     pixels = torch.randn(shape.stage_batch, 3, shape.resolution, shape.resolution, device=shape.device)
 
     def encode() -> None:

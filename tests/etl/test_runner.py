@@ -45,7 +45,7 @@ def _writer(root: Path) -> _PidWriter:
 
 def _jobs(units: int, per_unit: int) -> list[UnitJob]:
     return [UnitJob(u, f"fp{u}", [Item(key=f"k{u}-{i}", identity="x", source="test", source_path=f"/x/{u}/{i}",
-                                       unit=u, fields={"delay": 0.2 if u == 0 else 0.0}) for i in range(per_unit)])
+                                       unit=u, fields={"delay": 0.0}) for i in range(per_unit)])
             for u in range(units)]
 
 

@@ -71,8 +71,9 @@ def test_engine_option_is_checked():
 
 
 def test_torch_descriptors_do_not_depend_on_how_images_are_batched(faces):  # noqa: F811
-    """A runner cuts batches as its blocks fall (Ray: blocks of 65 inputs end in a batch of one);
-    the stored descriptors must be the same bits however they were cut."""
+    """A runner cuts batches as its units fall (a unit whose size is no multiple of the batch
+    ends in a short one, down to a single image); the stored descriptors must be the same bits
+    however they were cut."""
     keys = sorted(faces)
     whole = [it.arrays["id"] for it in identity_stage("dlib", engine="torch").process(fresh(faces, *keys))]
     for size in (1, 2, 3):
