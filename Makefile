@@ -132,7 +132,8 @@ bench: venv sample
 	$(PY) -m pytest -q -m bench -s $(PYTEST_ARGS)
 
 # One GPU, one short call (skips without CUDA): training step at SD-2.1-base shape (Dense-Face vs
-# full-UNet fine-tuning vs ControlNet, with and without cached latents), ETL model stages, generation.
+# full-UNet fine-tuning vs ControlNet, with and without cached latents), ETL model stages, the paper
+# preset's whole pipeline on Ray Data with one GPU, generation.
 bench-gpu: venv sample
 	$(PY) -m pytest -q -m bench -s tests/bench/test_gpu_bench.py tests/bench/test_gpu_generate_bench.py $(PYTEST_ARGS)
 

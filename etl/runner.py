@@ -8,6 +8,7 @@ sample bytes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from denseface.annotators.base import Item, Stage
+from denseface.errors import ConfigError
 from denseface.etl.stages import stage_groups
 from denseface.etl.unit_writer import UnitWriter
 
@@ -92,8 +94,46 @@ class _GroupWorker:
             return exc
 
 
-def init_ray(workers: int) -> None:
-    """``RAY_ADDRESS`` joins a cluster; otherwise a local Ray sized to ``workers`` CPUs."""
+def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float) -> list[int]:
+    """Actors per stage group. Ray Data starts every group's pool before work flows, and a pool
+    that cannot be placed waits for resources the pools upstream hold: the build hangs (measured
+    with two groups over two CPUs, and over one GPU). So GPU groups without a ``concurrency``
+    get as many replicas as ``gpus`` hold (a replica is one actor of each such group; at most
+    ``workers``), and a GPU demand that cannot be met is a config error before any work."""
+    sizes = [min(g[0].conf.concurrency or workers, units) for g in groups]
+    auto = [i for i, g in enumerate(groups) if g[0].conf.num_gpus > 0 and g[0].conf.concurrency is None]
+    if auto:
+        one = [1 if i in auto else n for i, n in enumerate(sizes)]
+        fit = int((gpus - gpu_demand(groups, sizes, skip=auto)) / gpu_demand(groups, one, only=auto) + 1e-9)
+        if fit < 1:
+            raise ConfigError(f"the GPU stages need {gpu_demand(groups, one):g} GPUs ({_gpu_use(groups, one)}), "
+                              f"Ray sees {gpus:g}: lower their num_gpus (a fraction shares a GPU) or build "
+                              "with --runner local")
+        sizes = [min(n, fit) if i in auto else n for i, n in enumerate(sizes)]
+    if gpu_demand(groups, sizes) > gpus + 1e-9:
+        raise ConfigError(f"the GPU stages need {gpu_demand(groups, sizes):g} GPUs at once "
+                          f"({_gpu_use(groups, sizes)}), Ray sees {gpus:g}: lower their concurrency or num_gpus")
+    return sizes
+
+
+def gpu_demand(groups: list[list[Stage]], sizes: list[int], only=None, skip=()) -> float:
+    return sum(n * g[0].conf.num_gpus for i, (n, g) in enumerate(zip(sizes, groups))
+               if (only is None or i in only) and i not in skip)
+
+
+def cpu_demand(groups: list[list[Stage]], sizes: list[int]) -> float:
+    return sum(n * g[0].conf.num_cpus for n, g in zip(sizes, groups))
+
+
+def _gpu_use(groups: list[list[Stage]], sizes: list[int]) -> str:
+    """What each GPU group asks for: "restore 1 x 0.5, head_pose+identity 1 x 0.25"."""
+    return ", ".join(f"{'+'.join(s.name for s in g)} {n} x {g[0].conf.num_gpus:g}"
+                     for n, g in zip(sizes, groups) if g[0].conf.num_gpus > 0)
+
+
+def init_ray(num_cpus: float) -> None:
+    """``RAY_ADDRESS`` joins a cluster; otherwise a local Ray with ``num_cpus`` CPU slots, enough
+    for every group's actors at once (`pool_sizes`: the OS shares the cores between them)."""
     import ray
 
     if ray.is_initialized():
@@ -104,7 +144,7 @@ def init_ray(workers: int) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=workers, **kwargs)
+        ray.init(num_cpus=max(1, math.ceil(num_cpus)), **kwargs)
     logging.getLogger("ray").setLevel(logging.ERROR)  # our own bar and summary say what matters
 
 
@@ -126,16 +166,21 @@ class RayRunner:
 
         if not jobs:
             return
-        init_ray(self.workers)
+        sizes = [min(g[0].conf.concurrency or self.workers, len(jobs)) for g in self.groups]
+        init_ray(cpu_demand(self.groups, sizes))  # an upper bound: GPU groups may get fewer actors
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets up its own logger on import
+        have = ray.cluster_resources()
+        sizes = pool_sizes(self.groups, self.workers, len(jobs), have.get("GPU", 0.0))
+        if (cpus := cpu_demand(self.groups, sizes)) > have.get("CPU", 0.0) + 1e-9:
+            raise ConfigError(f"the stage groups' actors need {cpus:g} CPUs at once, Ray has "
+                              f"{have.get('CPU', 0.0):g}: lower --workers or the stages' concurrency")
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the build shows one bar of its own
         ctx.print_on_execution_start = False
         ds = ray.data.from_items([{"unit": pickle.dumps(job)} for job in jobs], override_num_blocks=len(jobs))
-        for i, group in enumerate(self.groups):
+        for i, (group, actors) in enumerate(zip(self.groups, sizes)):
             conf = group[0].conf
             writer = self.writer if i == len(self.groups) - 1 else None
-            actors = min(conf.concurrency or self.workers, len(jobs))  # an actor with no unit would only load models
             ds = ds.map_batches(_GroupWorker, fn_constructor_args=(group, writer), batch_size=1,
                                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                                 num_cpus=conf.num_cpus, num_gpus=conf.num_gpus)

@@ -59,24 +59,28 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
-def build_tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
-    """A real CLIPTokenizer over a tiny byte-level BPE vocab, built in memory (no download).
-
-    Every byte is in the vocab (so any text tokenizes) and each word in `words` is one token.
-    """
+def bpe_vocab(words: tuple[str, ...] | list[str], clip: bool = True) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a byte-level BPE where every byte is a token (so any text tokenizes) and
+    each word in `words` is one: CLIP style (``"</w>"`` word ends) or GPT-2 style (``"Ġ"`` space prefix)."""
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
-    for tok in chars + [c + "</w>" for c in chars]:
+    for tok in chars + ([c + "</w>" for c in chars] if clip else []):
         vocab.setdefault(tok, len(vocab))
     merges: list[tuple[str, str]] = []
     for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        symbols = list(word[:-1]) + [word[-1] + "</w>"] if clip else ["Ġ", *word]
         while len(symbols) > 1:
             a, b = symbols[0], symbols[1]
             if (a, b) not in merges:
                 merges.append((a, b))
             vocab.setdefault(a + b, len(vocab))
             symbols = [a + b] + symbols[2:]
+    return vocab, merges
+
+
+def build_tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS, model_max_length: int = 77) -> CLIPTokenizer:
+    """A real CLIPTokenizer over a tiny byte-level BPE vocab (`bpe_vocab`), built in memory (no download)."""
+    vocab, merges = bpe_vocab(words)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab.setdefault(special, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -13,88 +13,28 @@ import transformers as tf
 from denseface.annotators import captions as cap
 from denseface.annotators.base import Item
 from denseface.config import BuildConfig, StageConfig
+from tests.bench.annotation_models import favour_words
+from tests.caption_tokenizers import CLIP_SPECIALS, GPT2_SPECIALS, WORDS, bert_tokenizer, bpe_tokenizer
 
-WORDS = ["a", "photo", "of", "man", "woman", "person", "smiling", "face", "close", "up", "with", "the",
-         "in", "suit", "and", "tie", "looking", "at", "camera", "shirt", "black", "white", "red", "blue"]
 IMG = 32  # tiny image size of every tiny model
 
 
-# ------------------------------------------------------------------ tiny tokenizers
+def tiny_bert() -> tf.BertTokenizer:
+    return bert_tokenizer(bos_token="[DEC]", model_max_length=40)
 
 
-def bert_tokenizer(tmp_path) -> tf.BertTokenizer:
-    """A BERT WordPiece tokenizer over a vocab file with the specials BLIP/GIT use."""
-    vocab = tmp_path / "bert_vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + WORDS) + "\n")
-    return tf.BertTokenizer(str(vocab), bos_token="[DEC]", model_max_length=40)
-
-
-def _byte_chars() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def bpe_files(tmp_path, clip: bool) -> tuple[str, str, dict[str, int]]:
-    """vocab.json + merges.txt of a byte-level BPE where each word of WORDS is one token
-    (CLIP style with "</w>" word ends, or GPT-2 style with a "Ġ" space prefix)."""
-    chars = _byte_chars()
-    vocab: dict[str, int] = {}
-    for tok in chars + ([c + "</w>" for c in chars] if clip else []):
-        vocab.setdefault(tok, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in WORDS:
-        symbols = (list(word[:-1]) + [word[-1] + "</w>"]) if clip else ["Ġ"] + list(word)
-        if len(symbols) == 1:
-            continue
-        while len(symbols) > 1:
-            pair = (symbols[0], symbols[1])
-            if pair not in merges:
-                merges.append(pair)
-            vocab.setdefault(pair[0] + pair[1], len(vocab))
-            symbols = [pair[0] + pair[1]] + symbols[2:]
-    specials = ("<|startoftext|>", "<|endoftext|>") if clip else ("<|endoftext|>",)
-    for s in specials:
-        vocab.setdefault(s, len(vocab))
-    d = tmp_path / ("clip_bpe" if clip else "gpt2_bpe")
-    d.mkdir(exist_ok=True)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
-    return str(d / "vocab.json"), str(d / "merges.txt"), vocab
+def gpt2_word_ids(tok) -> list[int]:
+    return tok.convert_tokens_to_ids(["Ġ" + w for w in WORDS if len(w) > 1])
 
 
 # ------------------------------------------------------------------ tiny models
-
-def favour_words(model, word_ids: list[int]) -> None:
-    """Random tiny decoders mostly emit EOS or specials first (an empty caption): bias the
-    output layer towards whole-word tokens so that every captioner says something."""
-    out = model.get_output_embeddings()
-    if out is None:
-        for sub in ("text_decoder", "decoder", "language_model"):
-            if hasattr(model, sub):
-                out = getattr(model, sub).get_output_embeddings()
-                break
-    words = torch.zeros(out.weight.shape[0], dtype=torch.bool)
-    words[word_ids] = True
-    with torch.no_grad():
-        if out.bias is not None:
-            out.bias[~words] = -30.0
-        else:  # logits of the others are then exactly 0, and some scaled-up word beats that
-            out.weight[~words] = 0.0
-            out.weight[words] *= 20.0
-
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
               image_size=IMG, patch_size=8)
 
 
 def save_blip(tmp_path, name: str, seed: int) -> str:
-    tok = bert_tokenizer(tmp_path)
+    tok = tiny_bert()
     ids = tok.convert_tokens_to_ids
     cfg = tf.BlipConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -113,7 +53,7 @@ def save_blip(tmp_path, name: str, seed: int) -> str:
 
 
 def save_git(tmp_path, name: str, seed: int) -> str:
-    tok = bert_tokenizer(tmp_path)
+    tok = tiny_bert()
     ids = tok.convert_tokens_to_ids
     cfg = tf.GitConfig(vision_config=VISION, vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
@@ -129,8 +69,7 @@ def save_git(tmp_path, name: str, seed: int) -> str:
 
 
 def save_vit_gpt2(tmp_path, name: str, seed: int) -> str:
-    vocab, merges, v = bpe_files(tmp_path, clip=False)
-    tok = tf.GPT2Tokenizer(vocab, merges)
+    tok = bpe_tokenizer(tf.GPT2Tokenizer, False, GPT2_SPECIALS)
     eos = tok.eos_token_id
     enc = tf.ViTConfig(**VISION)
     dec = tf.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64,
@@ -141,7 +80,7 @@ def save_vit_gpt2(tmp_path, name: str, seed: int) -> str:
     cfg.eos_token_id = eos
     torch.manual_seed(seed)
     model = tf.VisionEncoderDecoderModel(config=cfg)
-    favour_words(model, [v["Ġ" + w] for w in WORDS if len(w) > 1])
+    favour_words(model, gpt2_word_ids(tok))
     model.generation_config.decoder_start_token_id = eos
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
@@ -153,8 +92,7 @@ def save_vit_gpt2(tmp_path, name: str, seed: int) -> str:
 
 
 def save_blip2(tmp_path, name: str, seed: int) -> str:
-    vocab, merges, v = bpe_files(tmp_path, clip=False)
-    tok = tf.GPT2Tokenizer(vocab, merges)
+    tok = bpe_tokenizer(tf.GPT2Tokenizer, False, GPT2_SPECIALS)
     n_query = 4
     proc = tf.Blip2Processor(tf.BlipImageProcessor(size={"height": IMG, "width": IMG}), tok, num_query_tokens=n_query)
     image_token = tok.convert_tokens_to_ids("<image>")
@@ -168,7 +106,7 @@ def save_blip2(tmp_path, name: str, seed: int) -> str:
                          text_config=text.to_dict(), num_query_tokens=n_query, image_token_index=image_token)
     torch.manual_seed(seed)
     model = tf.Blip2ForConditionalGeneration(cfg)
-    favour_words(model, [v["Ġ" + w] for w in WORDS if len(w) > 1])
+    favour_words(model, gpt2_word_ids(tok))
     out = tmp_path / name
     model.save_pretrained(out)
     proc.save_pretrained(out)
@@ -176,8 +114,7 @@ def save_blip2(tmp_path, name: str, seed: int) -> str:
 
 
 def save_clip(tmp_path, seed: int = 0) -> str:
-    vocab, merges, v = bpe_files(tmp_path, clip=True)
-    tok = tf.CLIPTokenizer(vocab, merges, model_max_length=32)
+    tok = bpe_tokenizer(tf.CLIPTokenizer, True, CLIP_SPECIALS, model_max_length=32)
     cfg = tf.CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=tok.bos_token_id,

@@ -9,6 +9,7 @@ from denseface.annotators.base import Item
 from denseface.annotators.restore import Restore, from_network, parse_options, to_network
 from denseface.config import BuildConfig, StageConfig
 from denseface.model.codeformer import CodeFormer, image_to_tensor, load_codeformer, tensor_to_image
+from tests.bench.annotation_models import write_codeformer
 
 # A CodeFormer small enough for CPU tests at the real 512 px input (16 x 16 = 256 tokens).
 SMALL = dict(nf=4, ch_mult=(1, 1, 2, 2, 4, 4), norm_groups=4, emb_dim=16, dim_embd=32, n_head=4, n_layers=1,
@@ -33,11 +34,8 @@ def face512() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    net = CodeFormer(**SMALL).eval()
     path = tmp_path_factory.mktemp("codeformer") / "codeformer.pth"
-    torch.save({"params_ema": net.state_dict()}, path)
-    return net, path
+    return write_codeformer(path, **SMALL), path
 
 
 def _item(image: np.ndarray) -> Item:

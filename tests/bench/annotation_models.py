@@ -88,6 +88,12 @@ def shrink(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def published_values(name: str, full_size: bool) -> dict[str, Any]:
+    """The config values of ``PUBLISHED[name]``, or of its `shrink`."""
+    values = PUBLISHED[name][2]
+    return values if full_size else shrink(values)
+
+
 @contextmanager
 def _default_dtype(dtype: torch.dtype):
     before = torch.get_default_dtype()
@@ -103,8 +109,8 @@ def build(name: str, full_size: bool, device: str, dtype: torch.dtype) -> torch.
     (a 4 B-parameter BLIP-2 never exists in float32 or on the host)."""
     import transformers as tf
 
-    model_cls, config_cls, values, _ = PUBLISHED[name]
-    values = values if full_size else shrink(values)
+    model_cls, config_cls, _, _ = PUBLISHED[name]
+    values = published_values(name, full_size)
     if config_cls == "VisionEncoderDecoderConfig":
         encoder, decoder = (tf.AutoConfig.for_model(**values[part]) for part in ("encoder", "decoder"))
         config = tf.VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
@@ -119,6 +125,26 @@ def build(name: str, full_size: bool, device: str, dtype: torch.dtype) -> torch.
     with torch.device(device), _default_dtype(dtype):
         model = getattr(tf, model_cls)(config)
     return model.eval()
+
+
+def favour_words(model: torch.nn.Module, word_ids: list[int]) -> None:
+    """Random decoders often emit EOS or specials first (an empty caption): bias the output layer
+    towards ``word_ids`` (say, every id but the specials and EOS) so that every captioner says
+    something, and a caption runs to its ``max_new_tokens``."""
+    out = model.get_output_embeddings()
+    if out is None:
+        for sub in ("text_decoder", "decoder", "language_model"):
+            if hasattr(model, sub):
+                out = getattr(model, sub).get_output_embeddings()
+                break
+    words = torch.zeros(out.weight.shape[0], dtype=torch.bool, device=out.weight.device)
+    words[word_ids] = True
+    with torch.no_grad():
+        if out.bias is not None:
+            out.bias[~words] = -30.0
+        else:  # logits of the others are then exactly 0, and some scaled-up word beats that
+            out.weight[~words] = 0.0
+            out.weight[words] *= 20.0
 
 
 def image_size(model: torch.nn.Module) -> int:
@@ -160,6 +186,7 @@ def clip_score_batch(model: torch.nn.Module, pixels: torch.Tensor, captions_per_
 
 IRESNET50_UNITS = (3, 4, 14, 3)
 IRESNET50_WIDTHS = (64, 128, 256, 512)
+TINY_IRESNET = dict(units=(1, 1, 1, 1), widths=(8, 16, 16, 32))  # `write_iresnet_onnx` arguments for CPU tests
 
 
 def write_iresnet_onnx(path: Path, units: tuple[int, ...] = IRESNET50_UNITS,
@@ -217,3 +244,61 @@ def write_iresnet_onnx(path: Path, units: tuple[int, ...] = IRESNET50_UNITS,
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+# ---- CodeFormer (sczhou/CodeFormer's codeformer.pth) -----------------------------------------------
+
+_RGB = [(c, c, 1.0) for c in range(3)]
+
+
+def _route(conv: torch.nn.Conv2d, pairs: list[tuple[int, int, float]]) -> None:
+    """``conv`` zeroed, then output channel o += v x input channel i at the kernel's centre, for each (o, i, v)."""
+    centre = conv.kernel_size[0] // 2
+    conv.weight.zero_()
+    conv.bias.zero_()
+    for o, i, v in pairs:
+        conv.weight[o, i, centre, centre] = v
+
+
+@torch.no_grad()
+def pass_input_through(net: torch.nn.Module) -> None:
+    """Reroute a random CodeFormer so that it returns its input face (at half resolution, each colour
+    rescaled by the last GroupNorm) and not noise, in which no later stage finds a face: the residual
+    and attention branches are zeroed, RGB rides in channels 0-2 through the encoder down to the
+    highest fusion level, whose SFT shift hands it to a generator that is zero up to there
+    (LeakyReLU(c) - LeakyReLU(-c) = 1.2 c). Every other weight stays random, and the cost of a
+    forward pass does not depend on the values."""
+    from denseface.model import codeformer as cf
+
+    for m in net.modules():
+        if isinstance(m, cf.ResBlock):
+            _route(m.conv2, [])
+            if hasattr(m, "conv_out"):
+                _route(m.conv_out, _RGB)
+        elif isinstance(m, cf.AttnBlock):
+            _route(m.proj_out, [])
+        elif isinstance(m, (cf.Downsample, cf.Upsample)):
+            _route(m.conv, _RGB)
+        elif isinstance(m, cf.Fuse_sft_block):
+            _route(m.scale[2], [])
+            _route(m.shift[2], [])
+    _route(net.encoder.blocks[0], _RGB)
+    _route(net.generator.blocks[0], [])
+    _route(net.generator.blocks[-1], _RGB)
+    net.generator.blocks[-2].weight.fill_(0.5)  # normalised colours, mostly inside the output's [-1, 1]
+    top = net.fuse_convs_dict[max(net.connect_list, key=int)]
+    _route(top.shift[0], _RGB + [(c + 3, c, -1.0) for c in range(3)])
+    _route(top.shift[2], [(c, c, 1 / 1.2) for c in range(3)] + [(c, c + 3, -1 / 1.2) for c in range(3)])
+
+
+def write_codeformer(path: Path, seed: int = 0, pass_through: bool = False, **arch: Any) -> torch.nn.Module:
+    """A random CodeFormer (``arch``: constructor arguments, none = the published model; ``pass_through``:
+    see `pass_input_through`) saved as codeformer.pth holds it, ``{"params_ema": state dict}``."""
+    from denseface.model.codeformer import CodeFormer
+
+    torch.manual_seed(seed)
+    net = CodeFormer(**arch).eval()
+    if pass_through:
+        pass_input_through(net)
+    torch.save({"params_ema": net.state_dict()}, path)
+    return net

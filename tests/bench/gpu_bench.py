@@ -66,7 +66,7 @@ def timed(step: Callable[[], Any], device: str, repeats: int = 3) -> dict[str, f
     return {"ms": best * 1e3, "peak_gib": peak}
 
 
-def _free() -> None:
+def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -107,7 +107,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     n_dense = sum(p.numel() for p in trainer.params)
     images, pose, captions = batch["image"], batch["pose_image"], batch["caption"]
     trainer = batch = cached = None  # released (None, not del: closures above hold the names)
-    _free()
+    free_memory()
 
     sd = _sd(shape, shape.dtype)  # frozen parts in the autocast dtype, as the trainer holds them
 
@@ -141,7 +141,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     figures["full-UNet fine-tuning"] = timed(lambda: peer_step(unet, params, opt), shape.device)
     n_full = sum(p.numel() for p in params)
     unet = params = opt = None
-    _free()
+    free_memory()
 
     from diffusers import ControlNetModel
 
@@ -152,7 +152,7 @@ def train_step_figures(shape: Shape, dataset: str, work: Path) -> dict[str, dict
     figures["ControlNet (frozen UNet)"] = timed(lambda: peer_step(sd.unet, params, opt, control), shape.device)
     n_control = sum(p.numel() for p in params)
     control = params = opt = sd = None
-    _free()
+    free_memory()
     for name, n in (("Dense-Face", n_dense), ("Dense-Face, cached latents", n_dense),
                     ("full-UNet fine-tuning", n_full), ("ControlNet (frozen UNet)", n_control)):
         figures[name]["trained_m"] = n / 1e6
@@ -199,7 +199,7 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
 
         out[name] = rate(run)
         del net, x
-        _free()
+        free_memory()
 
     from diffusers import AutoencoderKL
 
@@ -215,9 +215,9 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
 
     out[f"VAE encoder (latent stage, {shape.resolution} px, fp32)"] = rate(encode)
     vae = pixels = None
-    _free()
+    free_memory()
 
-    tiny_r50 = {} if shape.full_size else dict(units=(1, 1, 1, 1), widths=(8, 16, 16, 32))
+    tiny_r50 = {} if shape.full_size else am.TINY_IRESNET
     r50 = am.write_iresnet_onnx(work / "r50.onnx", **tiny_r50)
     arcface = ArcFaceOnnx(r50, use_gpu=shape.device.startswith("cuda"))
     crops = list(np.random.default_rng(0).integers(0, 256, (shape.stage_batch, 112, 112, 3), dtype=np.uint8))
@@ -236,7 +236,7 @@ def stage_figures(shape: Shape, work: Path) -> dict[str, float]:
         else:
             out[f"caption {name}"] = rate(lambda: am.generate_fixed_length(model, pixels, shape.caption_tokens))
         model = pixels = None
-        _free()
+        free_memory()
     return out
 
 
