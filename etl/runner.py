@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,13 +95,16 @@ class _GroupWorker:
             return exc
 
 
-def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float) -> list[int]:
+def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float | None) -> list[int]:
     """Actors per stage group. Ray Data starts every group's pool before work flows, and a pool
-    that cannot be placed waits for resources the pools upstream hold: the build hangs (measured
-    with two groups over two CPUs, and over one GPU). So GPU groups without a ``concurrency``
-    get as many replicas as ``gpus`` hold (a replica is one actor of each such group; at most
-    ``workers``), and a GPU demand that cannot be met is a config error before any work."""
+    that cannot be placed waits for resources the pools upstream hold: the build can hang
+    (docs/benchmarks.md, "Ray stage-group pools"). So GPU groups without a ``concurrency`` get as
+    many replicas as ``gpus`` hold (a replica is one actor of each such group; at most
+    ``workers``), and a GPU demand that cannot be met is a config error before any work.
+    ``gpus`` None: a cluster whose autoscaler may add GPUs, so the pools are left as asked."""
     sizes = [min(g[0].conf.concurrency or workers, units) for g in groups]
+    if gpus is None:
+        return sizes
     auto = [i for i, g in enumerate(groups) if g[0].conf.num_gpus > 0 and g[0].conf.concurrency is None]
     if auto:
         one = [1 if i in auto else n for i, n in enumerate(sizes)]
@@ -159,6 +163,30 @@ class RayRunner:
 
     def __init__(self, stages: list[Stage], writer: UnitWriter, workers: int) -> None:
         self.groups, self.writer, self.workers = stage_groups(stages), writer, workers
+        self._noted = False  # the cluster note is said once, not once per wave
+
+    def _pool_sizes(self, units: int) -> list[int]:
+        """`pool_sizes` against what Ray has. A local Ray gets no more, so a shortfall is an error;
+        a cluster (``RAY_ADDRESS``) may be growing, so it is a note, said once."""
+        import ray
+
+        have, cluster = ray.cluster_resources(), bool(os.environ.get("RAY_ADDRESS"))
+        sizes = pool_sizes(self.groups, self.workers, units, None if cluster else have.get("GPU", 0.0))
+        need = {"CPU": cpu_demand(self.groups, sizes), "GPU": gpu_demand(self.groups, sizes)}
+        short = [k for k, v in need.items() if v > have.get(k, 0.0) + 1e-9]
+        if not short:
+            return sizes
+        asked = " and ".join(f"{need[k]:g} {k}s" for k in short)
+        has = " and ".join(f"{have.get(k, 0.0):g}" for k in short)
+        if not cluster:
+            raise ConfigError(f"the stage groups' actors need {asked} at once, Ray has {has}: lower --workers "
+                              "or the stages' concurrency")
+        if not self._noted:
+            print(f"note: the stage groups' actors need {asked} at once, the cluster has {has} now: the build "
+                  "starts once the autoscaler has added them (a cluster that cannot grow that far waits for "
+                  "ever: set the stages' concurrency)", file=sys.stderr)
+            self._noted = True
+        return sizes
 
     def run(self, jobs: list[UnitJob], progress: Progress) -> Iterator[dict[str, Any]]:
         """Each unit's stats, in the order the workers finish them."""
@@ -166,14 +194,10 @@ class RayRunner:
 
         if not jobs:
             return
-        sizes = [min(g[0].conf.concurrency or self.workers, len(jobs)) for g in self.groups]
-        init_ray(cpu_demand(self.groups, sizes))  # an upper bound: GPU groups may get fewer actors
+        # CPU slots for every pool as asked: an upper bound, since GPU groups may get fewer actors
+        init_ray(cpu_demand(self.groups, pool_sizes(self.groups, self.workers, len(jobs), None)))
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data sets up its own logger on import
-        have = ray.cluster_resources()
-        sizes = pool_sizes(self.groups, self.workers, len(jobs), have.get("GPU", 0.0))
-        if (cpus := cpu_demand(self.groups, sizes)) > have.get("CPU", 0.0) + 1e-9:
-            raise ConfigError(f"the stage groups' actors need {cpus:g} CPUs at once, Ray has "
-                              f"{have.get('CPU', 0.0):g}: lower --workers or the stages' concurrency")
+        sizes = self._pool_sizes(len(jobs))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the build shows one bar of its own
         ctx.print_on_execution_start = False

@@ -125,6 +125,8 @@ def test_gpu_groups_with_a_concurrency_keep_it_or_fail():
         pool_sizes(_groups(fixed, auto), workers=8, units=8, gpus=1)
     with pytest.raises(ConfigError, match=r"need 1 GPUs at once \(delay 2 x 0.5\), Ray sees 0.5"):
         pool_sizes(_groups(fixed), workers=8, units=8, gpus=0.5)
+    # a cluster whose autoscaler may add GPUs: the pools as asked
+    assert pool_sizes(_groups(fixed, auto), workers=8, units=6, gpus=None) == [2, 6]
 
 
 class _Alarm(Exception):
@@ -136,7 +138,7 @@ def _raise_alarm(signum, frame):
 
 
 @pytest.mark.ray
-def test_ray_runs_groups_that_would_not_fit_at_full_size(tmp_path):
+def test_ray_runs_groups_that_would_not_fit_at_full_size(tmp_path, monkeypatch, capsys):
     """Two GPU groups of 2 x 0.5 GPU on one (Ray's own resource count; nothing runs on a GPU) run
     one actor each, all pools at once; pools that did not fit made real builds hang at times."""
     import ray
@@ -150,9 +152,16 @@ def test_ray_runs_groups_that_would_not_fit_at_full_size(tmp_path):
         stats, done = _run(RayRunner([g[0] for g in groups], _writer(tmp_path), workers=2), _jobs(6, 2))
         with pytest.raises(ConfigError, match="need 5 CPUs at once, Ray has 4"):
             _run(RayRunner([g[0] for g in groups], _writer(tmp_path), workers=4), _jobs(6, 2))
+        monkeypatch.setenv("RAY_ADDRESS", "auto")  # a cluster: it may grow, so the pools stay as asked
+        on_cluster = RayRunner([g[0] for g in groups], _writer(tmp_path), workers=4)
+        assert on_cluster._pool_sizes(6) == on_cluster._pool_sizes(6) == [4, 4, 4]
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, before)
         ray.shutdown()
     assert sorted(s["unit"] for s in stats) == list(range(6)) and done == [2] * 6
     assert len({s["pid"] for s in stats}) == 1  # the last group, a GPU one, had one actor, not --workers
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the stage groups' actors need 8 CPUs and 4 GPUs at once, the cluster has 4 and 1 "
+                     "now: the build starts once the autoscaler has added them (a cluster that cannot grow that "
+                     "far waits for ever: set the stages' concurrency)"]  # once, not per wave
