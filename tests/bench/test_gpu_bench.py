@@ -31,11 +31,11 @@ def test_gpu_training_step_and_stages(dataset, tmp_path):
 
 
 def test_gpu_paper_pipeline_on_ray(tmp_path):
-    """384 CASIA-sized inputs in units of 32: start-up (Ray, models loading) plus about ten
+    """256 CASIA-sized inputs in units of 32: start-up (Ray, models loading) plus about six
     units of steady state, within the call's minutes."""
     free_memory()
     workers = min(8, os.cpu_count() or 1)
-    fig = pipeline_figures(tmp_path, full_size=True, images=384, shard_size=32, workers=workers, device="cuda",
+    fig = pipeline_figures(tmp_path, full_size=True, images=256, shard_size=32, workers=workers, device="cuda",
                            skip=2)
     print("\n" + pipeline_report(fig, torch.cuda.get_device_name(), workers))
     assert fig["accepted"] > 0 and fig["whole_per_s"] > 0
