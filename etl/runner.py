@@ -110,12 +110,12 @@ def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float 
         one = [1 if i in auto else n for i, n in enumerate(sizes)]
         fit = int((gpus - gpu_demand(groups, sizes, skip=auto)) / gpu_demand(groups, one, only=auto) + 1e-9)
         if fit < 1:
-            raise ConfigError(f"the GPU stages need {gpu_demand(groups, one):g} GPUs ({_gpu_use(groups, one)}), "
-                              f"Ray sees {gpus:g}: lower their num_gpus (a fraction shares a GPU) or build "
-                              "with --runner local")
+            raise ConfigError(f"the GPU stages need {_count(gpu_demand(groups, one), 'GPU')} "
+                              f"({_gpu_use(groups, one)}), Ray sees {gpus:g}: lower their num_gpus (a fraction "
+                              "shares a GPU) or build with --runner local")
         sizes = [min(n, fit) if i in auto else n for i, n in enumerate(sizes)]
     if gpu_demand(groups, sizes) > gpus + 1e-9:
-        raise ConfigError(f"the GPU stages need {gpu_demand(groups, sizes):g} GPUs at once "
+        raise ConfigError(f"the GPU stages need {_count(gpu_demand(groups, sizes), 'GPU')} at once "
                           f"({_gpu_use(groups, sizes)}), Ray sees {gpus:g}: lower their concurrency or num_gpus")
     return sizes
 
@@ -127,6 +127,10 @@ def gpu_demand(groups: list[list[Stage]], sizes: list[int], only=None, skip=()) 
 
 def cpu_demand(groups: list[list[Stage]], sizes: list[int]) -> float:
     return sum(n * g[0].conf.num_cpus for n, g in zip(sizes, groups))
+
+
+def _count(n: float, what: str) -> str:
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
 
 
 def _gpu_use(groups: list[list[Stage]], sizes: list[int]) -> str:
@@ -176,7 +180,7 @@ class RayRunner:
         short = [k for k, v in need.items() if v > have.get(k, 0.0) + 1e-9]
         if not short:
             return sizes
-        asked = " and ".join(f"{need[k]:g} {k}s" for k in short)
+        asked = " and ".join(_count(need[k], k) for k in short)
         has = " and ".join(f"{have.get(k, 0.0):g}" for k in short)
         if not cluster:
             raise ConfigError(f"the stage groups' actors need {asked} at once, Ray has {has}: lower --workers "

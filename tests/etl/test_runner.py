@@ -113,7 +113,7 @@ def test_gpu_groups_get_as_many_replicas_as_the_gpus_hold():
     assert pool_sizes(groups, workers=16, units=3, gpus=8) == [3, 3, 3, 3, 3, 3]  # no actor without a unit
     assert pool_sizes(groups, workers=4, units=64, gpus=8) == [4] * 6  # replicas stay within --workers
     assert pool_sizes(groups, workers=16, units=64, gpus=2.5) == [16, 2, 2, 16, 2, 2]
-    with pytest.raises(ConfigError, match=r"need 1 GPUs .*delay 1 x 0.25.*Ray sees 0") as err:
+    with pytest.raises(ConfigError, match=r"need 1 GPU \(.*delay 1 x 0.25.*Ray sees 0") as err:
         pool_sizes(groups, workers=2, units=8, gpus=0)
     assert "--runner local" in str(err.value)
 
@@ -123,7 +123,7 @@ def test_gpu_groups_with_a_concurrency_keep_it_or_fail():
     assert pool_sizes(_groups(fixed, auto), workers=8, units=8, gpus=2) == [2, 4]
     with pytest.raises(ConfigError, match="need 1.25 GPUs"):  # the fixed pool leaves no room for a replica
         pool_sizes(_groups(fixed, auto), workers=8, units=8, gpus=1)
-    with pytest.raises(ConfigError, match=r"need 1 GPUs at once \(delay 2 x 0.5\), Ray sees 0.5"):
+    with pytest.raises(ConfigError, match=r"need 1 GPU at once \(delay 2 x 0.5\), Ray sees 0.5"):
         pool_sizes(_groups(fixed), workers=8, units=8, gpus=0.5)
     # a cluster whose autoscaler may add GPUs: the pools as asked
     assert pool_sizes(_groups(fixed, auto), workers=8, units=6, gpus=None) == [2, 6]
