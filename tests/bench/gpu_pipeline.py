@@ -80,8 +80,15 @@ def pipeline_figures(work: Path, full_size: bool, images: int, shard_size: int, 
     out = work / "out"
     cfg = load_config(paper_config_file(overrides, work / "paper-bench.yaml"), sources=[f"casia:{src}"],
                       out=out, runner="ray", workers=workers, shard_size=shard_size)
-    with GpuSampler() as gpu:
-        result = build_dataset(cfg, progress=False)
+    import ray
+
+    started_ray = not ray.is_initialized()
+    try:
+        with GpuSampler() as gpu:
+            result = build_dataset(cfg, progress=False)
+    finally:
+        if started_ray:  # the build's own Ray: its actors let go of the GPU before the next bench
+            ray.shutdown()
     summary = json.loads((out / "run_summary.json").read_text())
     try:
         steady = unit_rates(out, skip)["steady"]
