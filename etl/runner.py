@@ -107,8 +107,9 @@ def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float 
         return sizes
     auto = [i for i, g in enumerate(groups) if g[0].conf.num_gpus > 0 and g[0].conf.concurrency is None]
     if auto:
-        one = [1 if i in auto else n for i, n in enumerate(sizes)]
-        fit = int((gpus - gpu_demand(groups, sizes, skip=auto)) / gpu_demand(groups, one, only=auto) + 1e-9)
+        one = [1 if i in auto else n for i, n in enumerate(sizes)]  # one replica beside the fixed pools
+        fixed = gpu_demand(groups, [0 if i in auto else n for i, n in enumerate(sizes)])
+        fit = int((gpus - fixed) / (gpu_demand(groups, one) - fixed) + 1e-9)
         if fit < 1:
             raise ConfigError(f"the GPU stages need {_count(gpu_demand(groups, one), 'GPU')} "
                               f"({_gpu_use(groups, one)}), Ray sees {gpus:g}: lower their num_gpus (a fraction "
@@ -120,9 +121,8 @@ def pool_sizes(groups: list[list[Stage]], workers: int, units: int, gpus: float 
     return sizes
 
 
-def gpu_demand(groups: list[list[Stage]], sizes: list[int], only=None, skip=()) -> float:
-    return sum(n * g[0].conf.num_gpus for i, (n, g) in enumerate(zip(sizes, groups))
-               if (only is None or i in only) and i not in skip)
+def gpu_demand(groups: list[list[Stage]], sizes: list[int]) -> float:
+    return sum(n * g[0].conf.num_gpus for n, g in zip(sizes, groups))
 
 
 def cpu_demand(groups: list[list[Stage]], sizes: list[int]) -> float:
